@@ -1,0 +1,11 @@
+# mclrec workflow: every stage is a rule in workflow/rules/ that calls the `mclrec` CLI.
+# Parameters live in params.yaml (validated against mclrec's schema); see README.md.
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    input:
+        all_processed_stats(),

@@ -1,0 +1,5 @@
+"""`python -m mclrec` runs the CLI."""
+
+from mclrec.cli import main
+
+main()

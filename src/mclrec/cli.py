@@ -1,0 +1,216 @@
+"""The `mclrec` command line: one command per pipeline stage, all reading params.yaml."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from mclrec import config, paths
+from mclrec.errors import MclrecError
+
+app = typer.Typer(
+    help="MCLRec and baselines: download, preprocess, train, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn MclrecError into a one-line message on stderr and exit status 1."""
+    try:
+        yield
+    except MclrecError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def download(
+    dataset: str = typer.Argument(..., help="Dataset name from params.yaml."),
+    params: Path = ParamsOpt,
+    mirror: Optional[Path] = typer.Option(
+        None, envvar="MCLREC_MIRROR", help="Folder holding the raw files (no network). Env: MCLREC_MIRROR."
+    ),
+    raw_root: Path = typer.Option(paths.RAW_ROOT, help="Root of raw data folders."),
+) -> None:
+    """Fetch (or generate) a dataset's raw file into data/raw/<dataset>/, verifying its sha256."""
+    from mclrec.data.download import fetch_raw
+
+    with user_errors():
+        spec = config.dataset_spec(config.load_params(params), dataset)
+        dest = paths.raw_file(dataset, spec["filename"], raw_root)
+        if "generator" in spec["source"]:
+            _generate(spec, dest)
+        else:
+            dest = fetch_raw(dataset, spec["source"], spec["filename"], dest.parent, mirror)
+        err_console.print(f"raw file ready: {dest}")
+
+
+@app.command()
+def synth(
+    dataset: str = typer.Argument("synthetic", help="A dataset whose source is a generator."),
+    params: Path = ParamsOpt,
+    seed: Optional[int] = typer.Option(None, help="Override the generator seed."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default data/raw/<dataset>/<filename>)."),
+) -> None:
+    """Generate a synthetic dataset (seqtxt) from its generator settings."""
+    with user_errors():
+        spec = config.dataset_spec(config.load_params(params), dataset)
+        if "generator" not in spec["source"]:
+            raise config.ConfigError(f"params.yaml: datasets.{dataset}.source: not a generator source")
+        dest = out or paths.raw_file(dataset, spec["filename"])
+        info = _generate(spec, dest, seed)
+        err_console.print(f"generated {dest}: {json.dumps(info)}")
+
+
+def _generate(spec: dict, dest: Path, seed: Optional[int] = None) -> dict:
+    """Run the synthetic generator of a dataset spec into `dest`."""
+    from mclrec.data.synth import generate_synthetic
+
+    settings = dict(spec["source"]["generator"])
+    if seed is not None:
+        settings["seed"] = seed
+    return generate_synthetic(dest, **settings)
+
+
+@app.command()
+def preprocess(
+    dataset: str = typer.Argument(..., help="Dataset name from params.yaml."),
+    params: Path = ParamsOpt,
+    raw: Optional[Path] = typer.Option(None, help="Raw file (default data/raw/<dataset>/<filename>)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default data/processed/<dataset>)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Override the raw format."),
+    user_k: Optional[int] = typer.Option(None, help="Override k for users."),
+    item_k: Optional[int] = typer.Option(None, help="Override k for items."),
+    max_len: Optional[int] = typer.Option(None, help="Override the maximum sequence length."),
+) -> None:
+    """k-core filter, order, remap ids and split leave-one-out into Parquet."""
+    from mclrec.data.preprocess import preprocess as run_preprocess
+
+    with user_errors():
+        spec = config.dataset_spec(config.load_params(params), dataset)
+        prep = spec["preprocess"]
+        raw_path = raw or paths.raw_file(dataset, spec["filename"])
+        if not raw_path.is_file():
+            raise MclrecError(f"{raw_path}: raw file not found; run `mclrec download {dataset}` first")
+        stats = run_preprocess(
+            raw_path,
+            fmt or spec["format"],
+            user_k if user_k is not None else prep["user_k"],
+            item_k if item_k is not None else prep["item_k"],
+            max_len if max_len is not None else prep["max_len"],
+            out or paths.processed_dir(dataset),
+            extra_stats={"dataset": dataset},
+        )
+        keys = ("n_users", "n_items", "n_interactions", "avg_length", "sparsity")
+        err_console.print(f"{dataset}: " + ", ".join(f"{k}={stats[k]}" for k in keys))
+
+
+SetOpt = typer.Option([], "--set", help="Override a run setting: key=value (YAML value); repeatable.")
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
+    variant: str = typer.Option(..., "--variant", "--model", "-m", help="Variant name from params.yaml."),
+    params: Path = ParamsOpt,
+    set_: list[str] = SetOpt,
+    seed: Optional[int] = typer.Option(None, help="Override the seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    max_epochs: Optional[int] = typer.Option(None, help="Override max_epochs."),
+    data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default models/<dataset>/<variant>)."),
+    resume: bool = typer.Option(False, help="Continue from <out>/last.pt (error if its settings differ)."),
+    resume_if_compatible: bool = typer.Option(
+        False, help="Continue from last.pt when its settings match, else start afresh (used by the workflows)."
+    ),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train one variant on one dataset: best.pt, last.pt, log.jsonl and summary.json in the run folder."""
+    from mclrec.data.processed import load_processed
+    from mclrec.training.trainer import train as run_training
+
+    with user_errors():
+        overrides = config.parse_overrides(set_)
+        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs)):
+            if value is not None:
+                overrides[key] = value
+        cfg = config.resolve_run(config.load_params(params), dataset, variant, overrides)
+        data = load_processed(data_dir or paths.processed_dir(dataset))
+        if data.max_len != cfg["max_len"]:
+            raise MclrecError(f"{data_dir or paths.processed_dir(dataset)}: processed with max_len={data.max_len}, "
+                              f"params say {cfg['max_len']}; re-run `mclrec preprocess {dataset}`")
+        mode = "must" if resume else "if-compatible" if resume_if_compatible else "never"
+        summary = run_training(cfg, data, out or paths.run_dir(dataset, variant), resume=mode, progress=progress)
+        err_console.print(f"{dataset}/{variant}: {summary['stopped']}; best {summary['valid_metric']}="
+                          f"{summary['best_valid_metric']:.4f} at epoch {summary['best_epoch']} "
+                          f"({summary['train_seconds']:.0f} s)")
+
+
+@app.command()
+def evaluate(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
+    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (locates the default checkpoint)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file (default models/<dataset>/<variant>/best.pt)."),
+    checkpoint_format: str = typer.Option("mclrec", help="mclrec, or recbole (a SASRec-family RecBole state dict)."),
+    params: Path = ParamsOpt,
+    output: Optional[Path] = typer.Option(None, help="Results JSON (default results/<dataset>/<variant>.json)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    batch_size: int = typer.Option(2048, help="Users scored per chunk (bounds memory)."),
+    noise: list[float] = typer.Option([], help="Test-time noise ratio (Fig. 7); repeatable, e.g. --noise 0.05 --noise 0.1."),
+    groups: bool = typer.Option(False, help="Also report users grouped by sequence length (=5, 6-8, >8; Fig. 8)."),
+    seed: int = typer.Option(0, help="Seed of the noise insertion."),
+) -> None:
+    """Full-ranking HR/NDCG/MRR@k on valid and test; writes the results JSON and per-user test ranks."""
+    from mclrec.data.processed import load_processed
+    from mclrec.evaluation.evaluate import evaluate_checkpoint, results_record, write_results
+
+    with user_errors():
+        params_dict = config.load_params(params)
+        config.dataset_spec(params_dict, dataset)
+        if checkpoint is None and variant is None:
+            raise MclrecError("give --variant (to use models/<dataset>/<variant>/best.pt) or --checkpoint FILE")
+        ckpt = checkpoint or paths.run_dir(dataset, variant) / "best.pt"
+        if output is None and variant is None:
+            raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
+        data = load_processed(data_dir or paths.processed_dir(dataset))
+        ks = tuple(params_dict["train"]["eval_ks"])
+        result, ranks = evaluate_checkpoint(data, ckpt, checkpoint_format, device, batch_size, ks, tuple(noise), groups, seed)
+        record = results_record(dataset, result, ckpt, checkpoint_format, data)
+        if record["variant"] is None:
+            record["variant"] = variant
+        dest = output or paths.result_file(dataset, variant)
+        write_results(dest, record, ranks)
+        test = record["metrics"]["test"]
+        err_console.print(f"{dest}: test " + " ".join(f"{k}={test[k]:.4f}" for k in test if k.endswith(("@10", "@20"))))
+
+
+@app.command("show-config")
+def show_config(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    variant: str = typer.Argument(..., help="Variant name."),
+    params: Path = ParamsOpt,
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: key=value (YAML value)."),
+) -> None:
+    """Print the fully resolved settings of one run as JSON."""
+    with user_errors():
+        resolved = config.resolve_run(config.load_params(params), dataset, variant, config.parse_overrides(set_))
+        typer.echo(json.dumps(resolved, indent=2, sort_keys=True))
+
+
+def main() -> None:
+    """Entry point used by `python -m mclrec`."""
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    app()

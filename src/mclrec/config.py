@@ -1,0 +1,167 @@
+"""params.yaml: loading, schema validation with file/line/key errors, and run-setting resolution."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mclrec.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+MODELS = ("sasrec", "cl4srec", "duorec", "mclrec")
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The params schema as a dict."""
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def settings_defaults() -> dict[str, Any]:
+    """Default value of every run setting, from the schema."""
+    props = load_schema()["$defs"]["settings"]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in props.items()}
+
+
+def _node_line(root: yaml.Node | None, path: list) -> int | None:
+    """1-based line of the YAML node at `path` (or of its deepest existing ancestor)."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == str(key)]
+            if not match:
+                break
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[list, str]:
+    """Key path and a readable message for one schema error."""
+    path = list(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
+        allowed = sorted(_allowed_keys(error.schema))
+        unknown = [k for k in error.instance if k not in allowed]
+        if unknown:
+            key = unknown[0]
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            return path + [key], f"unknown key '{key}'{suggestion}; allowed: {', '.join(allowed)}"
+    if error.validator == "oneOf" and error.context:
+        branches = error.schema["oneOf"]
+        present = set(error.instance) if isinstance(error.instance, dict) else set()
+        fitting = [i for i, b in enumerate(branches) if set(b.get("required", ["\0"])) <= present]
+        if len(fitting) == 1:
+            sub = [e for e in error.context if e.schema_path and e.schema_path[0] == fitting[0]]
+            if sub:
+                return _describe(sub[0])
+        forms = " | ".join("+".join(b["required"]) for b in branches if "required" in b)
+        if forms:
+            return path, f"must have exactly one of the forms: {forms}"
+    return path, error.message
+
+
+def _allowed_keys(schema: dict) -> set[str]:
+    """Property names a (possibly $ref-composed) object schema accepts."""
+    keys = set(schema.get("properties", {}))
+    ref = schema.get("$ref")
+    if ref and ref.startswith("#/$defs/"):
+        keys |= _allowed_keys(load_schema()["$defs"][ref.rsplit("/", 1)[1]])
+    return keys
+
+
+def validate_params(params: Any, source: str = "params.yaml", root: yaml.Node | None = None) -> None:
+    """Raise ConfigError naming file, line and key for the first schema violation."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    path, message = _describe(errors[0])
+    line = _node_line(root, path)
+    where = f"{source}:{line}" if line else source
+    key = ".".join(str(p) for p in path) or "(top level)"
+    raise ConfigError(f"{where}: {key}: {message}")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Read and validate params.yaml; fill train defaults from the schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file (run from the project root or pass --params)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    validate_params(params, str(path), root)
+    params["train"] = {**settings_defaults(), **params["train"]}
+    params.setdefault("study", {}).setdefault("seeds", 3)
+    return params
+
+
+def dataset_spec(params: dict, name: str) -> dict:
+    """The datasets.<name> entry, or a ConfigError listing the defined datasets."""
+    datasets = params["datasets"]
+    if name not in datasets:
+        raise ConfigError(f"params.yaml: datasets.{name}: no such dataset; defined: {', '.join(datasets)}")
+    return datasets[name]
+
+
+def variant_spec(params: dict, name: str) -> dict:
+    """The variants.<name> entry, or a ConfigError listing the defined variants."""
+    variants = params["variants"]
+    if name not in variants:
+        raise ConfigError(f"params.yaml: variants.{name}: no such variant; defined: {', '.join(variants)}")
+    return variants[name]
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn CLI `key=value` strings (values in YAML syntax) into validated run settings."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({exc})") from None
+    _validate_settings(overrides, "--set")
+    return overrides
+
+
+def _validate_settings(settings: dict, source: str) -> None:
+    """Check a flat dict of run settings against the schema's settings definition."""
+    schema = {"$defs": load_schema()["$defs"], "$ref": "#/$defs/settings", "unevaluatedProperties": False}
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(settings))
+    if error is not None:
+        path, message = _describe(error)
+        raise ConfigError(f"{source}: {'.'.join(map(str, path)) or '(settings)'}: {message}")
+
+
+def resolve_run(params: dict, dataset: str, variant: str, overrides: dict | None = None) -> dict[str, Any]:
+    """Flat settings of one run: train < dataset overrides for the model < variant < CLI overrides."""
+    spec = dataset_spec(params, dataset)
+    var = variant_spec(params, variant)
+    model = var["model"]
+    settings = copy.deepcopy(params["train"])
+    settings.update(copy.deepcopy(spec.get("overrides", {}).get(model, {})))
+    settings.update({k: copy.deepcopy(v) for k, v in var.items() if k not in ("model", "description")})
+    settings.update(overrides or {})
+    settings.update(dataset=dataset, variant=variant, model=model, max_len=spec["preprocess"]["max_len"])
+    return settings
+

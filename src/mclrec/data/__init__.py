@@ -1,0 +1,1 @@
+"""Data pipeline: raw formats, k-core filtering, leave-one-out splits, processed-data loading."""

@@ -1,0 +1,160 @@
+"""Loading and validating a processed dataset; building padded model inputs from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mclrec.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+REQUIRED = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet", "users.parquet", "stats.json")
+
+
+@dataclass
+class Split:
+    """One split in CSR layout: input of user k is items[offsets[k]:offsets[k+1]], its target targets[k]."""
+
+    users: np.ndarray
+    offsets: np.ndarray
+    items: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Input length per user."""
+        return np.diff(self.offsets)
+
+
+@dataclass
+class ProcessedData:
+    """A validated processed dataset: three splits plus their sizes and stats."""
+
+    n_users: int
+    n_items: int
+    max_len: int
+    train: Split
+    valid: Split
+    test: Split
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def load_processed(directory: Path) -> ProcessedData:
+    """Load `directory` (output of preprocess) and check it is complete and self-consistent."""
+    directory = Path(directory)
+    missing = [name for name in REQUIRED if not (directory / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{directory / missing[0]}: processed file missing; run `mclrec preprocess {directory.name}` first"
+        )
+    stats = _read_stats(directory / "stats.json")
+    splits = {name: _read_split(directory / f"{name}.parquet") for name in SPLITS}
+    data = ProcessedData(
+        n_users=stats["n_users"], n_items=stats["n_items"], max_len=stats["max_len"], stats=stats, **splits
+    )
+    _validate(directory, data)
+    return data
+
+
+def prefix_instances(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All training prefixes: (inputs [N, max_len] right-padded, lengths, targets, users), by user then t.
+
+    With s = input + [target] per user, instance t = 1..len(s)-1 predicts s[t] from s[:t]; instance
+    number k ends at flat input position k, so everything is index arithmetic on the CSR arrays.
+    """
+    n = len(split.items)
+    owner = np.repeat(np.arange(len(split.users)), split.lengths)
+    pos = np.arange(n) - split.offsets[owner]
+    is_last = np.arange(n) == split.offsets[owner + 1] - 1
+    next_item = split.items[np.minimum(np.arange(n) + 1, max(n - 1, 0))]
+    targets = np.where(is_last, split.targets[owner], next_item).astype(np.int64)
+    lengths = np.minimum(pos + 1, max_len).astype(np.int64)
+    inputs = _window(split.items, np.arange(n) + 1, lengths, max_len)
+    return inputs, lengths, targets, split.users[owner].astype(np.int64)
+
+
+def padded_inputs(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per user: (inputs [U, max_len] = last max_len items right-padded, lengths, targets, users)."""
+    lengths = np.minimum(split.lengths, max_len).astype(np.int64)
+    inputs = _window(split.items, split.offsets[1:], lengths, max_len)
+    return inputs, lengths, split.targets.astype(np.int64), split.users.astype(np.int64)
+
+
+def _window(items: np.ndarray, ends: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Rows holding items[end-length:end] left-aligned, padded with 0 on the right."""
+    cols = np.arange(max_len)
+    idx = (ends - lengths)[:, None] + cols[None, :]
+    valid = cols[None, :] < lengths[:, None]
+    if len(items) == 0:
+        return np.zeros(idx.shape, dtype=np.int64)
+    return np.where(valid, items[np.clip(idx, 0, len(items) - 1)], 0).astype(np.int64)
+
+
+def _read_stats(path: Path) -> dict[str, Any]:
+    """Parse stats.json and check the keys the loader relies on."""
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    for key in ("n_users", "n_items", "n_interactions", "max_len"):
+        if not isinstance(stats.get(key), int):
+            raise DataError(f"{path}: key {key!r} missing or not an integer")
+    return stats
+
+
+def _read_split(path: Path) -> Split:
+    """Read one split Parquet file into CSR numpy arrays."""
+    try:
+        table = pq.read_table(path)
+        inputs = table.column("input").combine_chunks()
+        offsets = inputs.offsets.to_numpy().astype(np.int64)
+        return Split(
+            users=table.column("user").to_numpy().astype(np.int64),
+            offsets=offsets - offsets[0],
+            items=inputs.flatten().to_numpy().astype(np.int64),
+            targets=table.column("target").to_numpy().astype(np.int64),
+        )
+    except (pa.ArrowException, KeyError, AttributeError) as exc:
+        raise DataError(f"{path}: not a valid split table ({exc})") from None
+
+
+def _validate(directory: Path, data: ProcessedData) -> None:
+    """Cross-check the splits, id tables and stats.json; DataError naming the file and the mismatch."""
+    n_users, n_items = data.n_users, data.n_items
+    for name in SPLITS:
+        split: Split = getattr(data, name)
+        path = directory / f"{name}.parquet"
+        if not np.array_equal(split.users, np.arange(1, n_users + 1)):
+            raise DataError(f"{path}: users are not exactly 1..{n_users} in order (stats.json n_users={n_users})")
+        for what, ids in (("input", split.items), ("target", split.targets)):
+            if ids.size and (ids.min() < 1 or ids.max() > n_items):
+                raise DataError(f"{path}: {what} item ids outside 1..{n_items} (stats.json n_items={n_items})")
+    for name, key, expected in (("items", "item", n_items), ("users", "user", n_users)):
+        rows = pq.read_metadata(directory / f"{name}.parquet").num_rows
+        if rows != expected:
+            raise DataError(f"{directory / f'{name}.parquet'}: {rows} rows but stats.json n_{key}s={expected}")
+    _validate_lengths(directory, data)
+
+
+def _validate_lengths(directory: Path, data: ProcessedData) -> None:
+    """Each user contributes len(train input) + 3 interactions; valid/test inputs extend train by 1 and 2."""
+    train_len = data.train.lengths
+    total = int(train_len.sum()) + 3 * data.n_users
+    if total != data.stats["n_interactions"]:
+        raise DataError(
+            f"{directory / 'train.parquet'}: splits hold {total} interactions "
+            f"but stats.json n_interactions={data.stats['n_interactions']}"
+        )
+    for name, extra in (("valid", 1), ("test", 2)):
+        expected = np.minimum(train_len + extra, data.max_len)
+        if not np.array_equal(getattr(data, name).lengths, expected):
+            raise DataError(
+                f"{directory / f'{name}.parquet'}: input lengths do not match train.parquet "
+                f"(expected the last max_len={data.max_len} items)"
+            )

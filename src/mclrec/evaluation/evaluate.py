@@ -1,0 +1,115 @@
+"""Evaluate a checkpoint (ours or RecBole's) on valid and test, with optional robustness studies."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from mclrec import __version__
+from mclrec.data.processed import ProcessedData
+from mclrec.errors import MclrecError
+from mclrec.evaluation.metrics import metrics_from_ranks
+from mclrec.evaluation.ranking import rank_all
+from mclrec.evaluation.robustness import insert_noise, length_groups, subset
+from mclrec.io import atomic_path, sha256_file, write_json
+from mclrec.models.encoder import SASRecEncoder
+from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint
+from mclrec.training.batches import eval_instances
+from mclrec.training.checkpoint import load_checkpoint
+from mclrec.training.objectives import build_parts
+from mclrec.training.trainer import SUMMARY, resolve_device
+
+
+def load_encoder(path: Path, fmt: str, data: ProcessedData, device: torch.device) -> tuple[SASRecEncoder, dict[str, Any]]:
+    """The encoder stored in a checkpoint, checked against the dataset's item count, and the checkpoint's metadata."""
+    if fmt == "recbole":
+        encoder = encoder_from_recbole(load_recbole_checkpoint(path))
+        meta: dict[str, Any] = {"config": {"model": "sasrec-family (recbole checkpoint)"}}
+    elif fmt == "mclrec":
+        meta = load_checkpoint(path)
+        if meta["n_items"] != data.n_items:
+            raise MclrecError(f"{path}: checkpoint was trained with {meta['n_items']} items, "
+                              f"but the dataset has {data.n_items} (checkpoint from another dataset?)")
+        encoder = build_parts(meta["config"], meta["n_items"]).encoder
+        encoder.load_state_dict(meta["modules"]["encoder"])
+    else:
+        raise MclrecError(f"unknown checkpoint format '{fmt}' (use mclrec or recbole)")
+    if encoder.n_items != data.n_items:
+        raise MclrecError(f"{path}: checkpoint has {encoder.n_items} items, the dataset has {data.n_items}")
+    return encoder.to(device).eval(), meta
+
+
+def evaluate_checkpoint(
+    data: ProcessedData,
+    checkpoint: Path,
+    fmt: str = "mclrec",
+    device: str = "auto",
+    batch_size: int = 2048,
+    ks: tuple[int, ...] = (5, 10, 20, 50),
+    noise: tuple[float, ...] = (),
+    groups: bool = False,
+    seed: int = 0,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Full-ranking metrics on valid and test (plus noise and length-group results); also the per-user test ranks."""
+    dev = resolve_device(device)
+    encoder, meta = load_encoder(checkpoint, fmt, data, dev)
+    valid, test = eval_instances(data, "valid", dev), eval_instances(data, "test", dev)
+    test_ranks = rank_all(encoder, test, batch_size)
+    result: dict[str, Any] = {
+        "metrics": {"valid": metrics_from_ranks(rank_all(encoder, valid, batch_size), ks),
+                    "test": metrics_from_ranks(test_ranks, ks)},
+    }
+    if noise:
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        result["noise"] = {
+            f"{ratio:g}": metrics_from_ranks(rank_all(encoder, insert_noise(test, ratio, data.n_items, data.max_len, generator), batch_size), ks)
+            for ratio in noise
+        }
+    if groups:
+        total = np.diff(data.train.offsets) + 3
+        result["groups"] = {
+            name: {"n_users": int(mask.sum()), **(metrics_from_ranks(test_ranks[torch.as_tensor(mask)], ks) if mask.any() else {})}
+            for name, mask in length_groups(total).items()
+        }
+    result["_meta"] = meta
+    return result, test_ranks.numpy()
+
+
+def results_record(dataset: str, result: dict[str, Any], checkpoint: Path, fmt: str, data: ProcessedData) -> dict[str, Any]:
+    """The results JSON document (schema in README.md)."""
+    meta = result.pop("_meta")
+    cfg = meta.get("config", {})
+    summary_path = checkpoint.parent / SUMMARY
+    summary = json.loads(summary_path.read_text()) if fmt == "mclrec" and summary_path.is_file() else {}
+    state = meta.get("state", {})
+    return {
+        "dataset": dataset,
+        "variant": cfg.get("variant"),
+        "model": cfg.get("model"),
+        "seed": cfg.get("seed"),
+        **result,
+        "best_epoch": summary.get("best_epoch", state.get("best_epoch")),
+        "epochs_run": summary.get("epochs_run"),
+        "train_seconds": summary.get("train_seconds", state.get("train_seconds")),
+        "stopped": summary.get("stopped"),
+        "config": cfg,
+        "checkpoint": str(checkpoint),
+        "checkpoint_format": fmt,
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "data": {"n_users": data.n_users, "n_items": data.n_items, "raw_sha256": data.stats.get("raw_sha256")},
+        "environment": {"mclrec": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                        "platform": platform.platform(), "device": summary.get("device")},
+    }
+
+
+def write_results(path: Path, record: dict[str, Any], test_ranks: Optional[np.ndarray] = None) -> None:
+    """Write the results JSON (and, if given, per-user test ranks beside it as .ranks.npy) atomically."""
+    if test_ranks is not None:
+        with atomic_path(path.with_suffix(".ranks.npy")) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, test_ranks.astype(np.int64))
+    write_json(path, record)

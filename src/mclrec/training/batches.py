@@ -1,0 +1,82 @@
+"""Training instances as device tensors, shuffled batches and DuoRec's same-target partners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from mclrec.data.processed import ProcessedData, padded_inputs, prefix_instances
+
+
+@dataclass
+class Instances:
+    """Right-padded inputs [N, L], their lengths and targets, all on one device."""
+
+    seq: Tensor
+    lengths: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def rows(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows `index`, padding trimmed to the longest of them (exact: right padding, causal attention)."""
+        lengths = self.lengths[index]
+        width = int(lengths.max())
+        return self.seq[index, :width], lengths, self.targets[index]
+
+
+def training_instances(data: ProcessedData, device: torch.device) -> Instances:
+    """All prefix instances of the training part (RecBole style), on `device`."""
+    seq, lengths, targets, _ = prefix_instances(data.train, data.max_len)
+    return _to_device(seq, lengths, targets, device)
+
+
+def eval_instances(data: ProcessedData, split: str, device: torch.device) -> Instances:
+    """One row per user of the valid or test split, on `device`."""
+    seq, lengths, targets, _ = padded_inputs(getattr(data, split), data.max_len)
+    return _to_device(seq, lengths, targets, device)
+
+
+def _to_device(seq, lengths, targets, device: torch.device) -> Instances:
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.long).to(device)  # noqa: E731
+    return Instances(as_tensor(seq), as_tensor(lengths), as_tensor(targets))
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    """A random permutation of 0..n-1 cut into batches (the last one may be smaller)."""
+    order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    yield from order.split(batch_size)
+
+
+@dataclass
+class SameTargetIndex:
+    """Instances grouped by target item, for drawing another instance with the same target."""
+
+    order: Tensor
+    group_start: Tensor
+    group_size: Tensor
+    rank_in_group: Tensor
+
+    @classmethod
+    def build(cls, targets: Tensor) -> "SameTargetIndex":
+        """Group instance ids by target with one stable sort."""
+        order = torch.argsort(targets, stable=True)
+        sorted_targets = targets[order]
+        counts = torch.bincount(targets)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=targets.device) - starts[sorted_targets]
+        return cls(order, starts, counts, rank)
+
+    def partners(self, index: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
+        """For each instance in `index`, a random other instance with the same target (itself if alone)."""
+        size = self.group_size[targets]
+        others = (size - 1).clamp(min=1)
+        draw = (torch.rand(index.shape, generator=generator, device=generator.device).to(size.device) * others).long()
+        own = self.rank_in_group[index]
+        pick = torch.where(size > 1, draw + (draw >= own).long(), own)
+        return self.order[self.group_start[targets] + pick]

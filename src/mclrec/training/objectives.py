@@ -1,0 +1,153 @@
+"""The four models as one set of parts (encoder, optional augmenters) and their losses.
+
+sasrec:  L = L_rec                                   (ce, or bpr with one sampled negative)
+cl4srec: L = L_rec + lambda_cl1 * info_nce(h1, h2)   (two stochastic views)
+duorec:  L = L_rec + lambda_sem * info_nce(h', hs)   (dropout view, same-target positive)
+mclrec:  L0 = L_rec + lambda_cl1 * L_cl1 + beta * (L_cl2 + reg_weight * R)       (Eq. 14)
+         L_aug = L_cl2 + reg_weight * R  (the augmenters' loss in the meta schedule)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from mclrec.models.augment import two_views
+from mclrec.models.augmenters import build_augmenter
+from mclrec.models.encoder import SASRecEncoder
+from mclrec.models.losses import bpr_loss, cl2_loss, info_nce, rec_ce_loss, reg_loss, sample_negatives
+
+
+@dataclass
+class ModelParts:
+    """The trainable modules of one run: the encoder, and MCLRec's augmenters when in use."""
+
+    encoder: SASRecEncoder
+    augmenter1: Optional[nn.Module] = None
+    augmenter2: Optional[nn.Module] = None
+
+    def augmenter_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the distinct augmenter modules (one set when shared)."""
+        mods = {id(m): m for m in (self.augmenter1, self.augmenter2) if m is not None}
+        return [p for m in mods.values() for p in m.parameters()]
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Named modules, for checkpoints and train/eval mode switches."""
+        mods: dict[str, nn.Module] = {"encoder": self.encoder}
+        if self.augmenter1 is not None:
+            mods["augmenter1"] = self.augmenter1
+        if self.augmenter2 is not None and self.augmenter2 is not self.augmenter1:
+            mods["augmenter2"] = self.augmenter2
+        return mods
+
+    def train(self, mode: bool = True) -> None:
+        """Set train/eval mode on every module."""
+        for module in self.modules().values():
+            module.train(mode)
+
+    def to(self, device: torch.device) -> "ModelParts":
+        """Move every module to `device`."""
+        for module in self.modules().values():
+            module.to(device)
+        return self
+
+
+def uses_augmenters(cfg: dict) -> bool:
+    """MCLRec with L_cl2 on has learnable augmenters (w/o L_cl2 it is CL4SRec with MCLRec's weights)."""
+    return cfg["model"] == "mclrec" and bool(cfg["cl2"])
+
+
+def build_parts(cfg: dict, n_items: int) -> ModelParts:
+    """Create freshly initialised modules for a resolved run config."""
+    encoder = SASRecEncoder(
+        n_items=n_items,
+        max_len=cfg["max_len"],
+        hidden_size=cfg["hidden_size"],
+        n_layers=cfg["n_layers"],
+        n_heads=cfg["n_heads"],
+        inner_size=cfg["inner_size"],
+        hidden_dropout=cfg["hidden_dropout"],
+        attn_dropout=cfg["attn_dropout"],
+        layer_norm_eps=cfg["layer_norm_eps"],
+        initializer_range=cfg["initializer_range"],
+    )
+    if not uses_augmenters(cfg):
+        return ModelParts(encoder)
+    aug1 = build_augmenter(cfg["augmenter"], cfg["hidden_size"])
+    aug2 = aug1 if cfg["share_augmenter"] else build_augmenter(cfg["augmenter"], cfg["hidden_size"])
+    return ModelParts(encoder, aug1, aug2)
+
+
+@dataclass
+class Batch:
+    """One training batch on the device: inputs, targets and the extra views the model needs."""
+
+    seq: Tensor
+    lengths: Tensor
+    targets: Tensor
+    view1: Optional[tuple[Tensor, Tensor]] = None
+    view2: Optional[tuple[Tensor, Tensor]] = None
+    partner: Optional[tuple[Tensor, Tensor]] = None
+
+
+def make_batch(cfg: dict, seq: Tensor, lengths: Tensor, targets: Tensor, generator: torch.Generator,
+               partner: Optional[tuple[Tensor, Tensor]] = None) -> Batch:
+    """Add the stochastic views (cl4srec, mclrec) or the same-target partner (duorec)."""
+    batch = Batch(seq, lengths, targets, partner=partner)
+    if cfg["model"] in ("cl4srec", "mclrec"):
+        v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg["crop_ratio"], cfg["mask_ratio"], cfg["reorder_ratio"])
+        batch.view1, batch.view2 = (v1, l1), (v2, l2)
+    return batch
+
+
+def _rec_loss(cfg: dict, encoder: SASRecEncoder, h: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
+    """L_rec: full-softmax cross-entropy, or BPR against one uniformly sampled negative."""
+    if cfg["loss"] == "bpr":
+        negatives = sample_negatives(targets, encoder.n_items, generator)
+        return bpr_loss(h, encoder.item_weights(), targets, negatives)
+    return rec_ce_loss(h, encoder.item_weights(), targets)
+
+
+def encoder_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss the encoder minimises, and its components (unweighted) for logging."""
+    enc = parts.encoder
+    h = enc(batch.seq, batch.lengths)
+    terms = {"rec": _rec_loss(cfg, enc, h, batch.targets, generator)}
+    total = terms["rec"]
+    model = cfg["model"]
+    if model == "duorec" and cfg["lambda_sem"] > 0:
+        h_drop = enc(batch.seq, batch.lengths)
+        h_sem = enc(*batch.partner)
+        terms["sem"] = info_nce(h_drop, h_sem, cfg["temperature"])
+        total = total + cfg["lambda_sem"] * terms["sem"]
+    if model in ("cl4srec", "mclrec"):
+        h1, h2 = enc(*batch.view1), enc(*batch.view2)
+        if cfg["lambda_cl1"] > 0:
+            terms["cl1"] = info_nce(h1, h2, cfg["temperature"])
+            total = total + cfg["lambda_cl1"] * terms["cl1"]
+        if uses_augmenters(cfg):
+            aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2)
+            terms.update(aug_terms)
+            total = total + cfg["beta"] * aug_total
+    return total, terms
+
+
+def augmenter_loss(cfg: dict, parts: ModelParts, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_cl2 + reg_weight * R for the augmenter step; the encoder runs without autograd."""
+    with torch.no_grad():
+        h1, h2 = parts.encoder(*batch.view1), parts.encoder(*batch.view2)
+    return _augmented_terms(cfg, parts, h1, h2)
+
+
+def _augmented_terms(cfg: dict, parts: ModelParts, h1: Tensor, h2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_cl2 (Eq. 9-10) plus the weighted regulariser R (Eq. 11-13) on z1 = w1(h1), z2 = w2(h2)."""
+    z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
+    terms = {"cl2": cl2_loss(h1, h2, z1, z2)}
+    total = terms["cl2"]
+    if cfg["reg"]:
+        terms["reg"] = reg_loss(h1, h2, z1, z2)
+        total = total + cfg["reg_weight"] * terms["reg"]
+    return total, terms

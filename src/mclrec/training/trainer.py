@@ -1,0 +1,247 @@
+"""The training loop: seeded batches, the model's update schedule, validation, early stopping, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mclrec import __version__
+from mclrec.data.processed import ProcessedData
+from mclrec.errors import MclrecError
+from mclrec.evaluation.ranking import evaluate
+from mclrec.io import atomic_open
+from mclrec.training.batches import SameTargetIndex, batch_indices, eval_instances, training_instances
+from mclrec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, uses_augmenters
+
+BEST, LAST, LOG, SUMMARY = "best.pt", "last.pt", "log.jsonl", "summary.json"
+RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size")
+
+
+class TrainingError(MclrecError):
+    """Training cannot go on (non-finite loss, incompatible resume)."""
+
+
+@dataclass
+class RunState:
+    """What the loop needs to continue: counters, best result and the per-epoch log."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    best_valid: dict[str, float] = field(default_factory=dict)
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    stopped: str = ""
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MclrecError(f"device '{name}' requested but CUDA is not available (use device=auto or cpu)")
+    return device
+
+
+class Optimisers:
+    """Adam for the encoder and, for MCLRec, for the augmenters (one joint Adam for MCLRec-J)."""
+
+    def __init__(self, cfg: dict, parts: ModelParts):
+        enc_params = list(parts.encoder.parameters())
+        aug_params = parts.augmenter_parameters()
+        self.joint = bool(aug_params) and cfg["schedule"] == "joint"
+        if self.joint:
+            enc_params = enc_params + aug_params
+        self.encoder = torch.optim.Adam(enc_params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.augmenter = None
+        if aug_params and not self.joint:
+            self.augmenter = torch.optim.Adam(aug_params, lr=cfg["augmenter_lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.state_dict(), "augmenter": self.augmenter.state_dict() if self.augmenter else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        if self.augmenter is not None:
+            self.augmenter.load_state_dict(state["augmenter"])
+
+    def zero_grad(self) -> None:
+        self.encoder.zero_grad(set_to_none=True)
+        if self.augmenter is not None:
+            self.augmenter.zero_grad(set_to_none=True)
+
+
+def _update(loss: torch.Tensor, optimisers: Optimisers, optimiser: torch.optim.Optimizer) -> None:
+    """Backpropagate `loss` and step one optimiser; other modules' gradients are discarded."""
+    optimisers.zero_grad()
+    loss.backward()
+    optimiser.step()
+
+
+def train_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+    """One batch: a single update, or MCLRec's schedule (meta: encoder, augmenters, encoder; paper: first two)."""
+    loss, terms = encoder_loss(cfg, parts, batch, generator)
+    _check_finite(terms, "encoder")
+    _update(loss, optimisers, optimisers.encoder)
+    logged = {k: float(v) for k, v in terms.items()}
+    if optimisers.augmenter is not None:
+        aug_loss, aug_terms = augmenter_loss(cfg, parts, batch)
+        _check_finite({"augmenter": aug_loss}, "augmenter")
+        _update(aug_loss, optimisers, optimisers.augmenter)
+        logged["augmenter"] = float(aug_loss)
+        if cfg["schedule"] == "meta":
+            loss, terms = encoder_loss(cfg, parts, batch, generator)
+            _check_finite(terms, "encoder (step 3)")
+            _update(loss, optimisers, optimisers.encoder)
+    return logged
+
+
+def _check_finite(terms: dict[str, torch.Tensor], step: str) -> None:
+    """Raise naming the loss component that became NaN or infinite."""
+    for name, value in terms.items():
+        if not torch.isfinite(value):
+            raise TrainingError(f"non-finite loss component '{name}' ({float(value)}) in the {step} step")
+
+
+def _module_states(parts: ModelParts) -> dict[str, dict[str, torch.Tensor]]:
+    """Detached copies of every module's weights."""
+    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in parts.modules().items()}
+
+
+def _best_payload(cfg: dict, modules: dict, data: ProcessedData, state: RunState) -> dict[str, Any]:
+    """best.pt: the weights of the best validation epoch, enough to evaluate or fine-tune."""
+    return _payload(cfg, modules, data, replace(state, epoch=state.best_epoch), valid=state.best_valid)
+
+
+def _payload(cfg: dict, modules: dict, data: ProcessedData, state: RunState, **extra: Any) -> dict[str, Any]:
+    """Checkpoint contents common to best.pt and last.pt."""
+    return {
+        "config": cfg,
+        "modules": modules,
+        "n_items": data.n_items,
+        "data_stats": data.stats,
+        "epoch": state.epoch,
+        "state": asdict(state),
+        "mclrec_version": __version__,
+        "torch_version": torch.__version__,
+        **extra,
+    }
+
+
+def _restore(path: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, generator,
+             data: ProcessedData) -> tuple[RunState, dict]:
+    """Load last.pt into the live modules, optimisers and RNGs; refuse an incompatible run. Returns the best weights too."""
+    ckpt = load_checkpoint(path)
+    if ckpt["n_items"] != data.n_items:
+        raise TrainingError(f"{path}: checkpoint has {ckpt['n_items']} items, the data has {data.n_items}")
+    changed = sorted(k for k in cfg if k not in RESUME_FREE_KEYS and ckpt["config"].get(k) != cfg[k])
+    if changed:
+        raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)}")
+    for name, module in parts.modules().items():
+        module.load_state_dict(ckpt["modules"][name])
+    optimisers.load_state_dict(ckpt["optimisers"])
+    restore_rng_state(ckpt["rng"], generator)
+    return RunState(**ckpt["state"]), ckpt["best"]
+
+
+def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite the JSON-lines log (one line per finished epoch) atomically."""
+    with atomic_open(run_dir / LOG, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
+def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True) -> dict[str, Any]:
+    """Train one run into `run_dir` (best.pt, last.pt, log.jsonl, summary.json); return the summary.
+
+    resume: "never" starts afresh; "must" continues from last.pt (error if its settings differ);
+    "if-compatible" continues when last.pt matches these settings and starts afresh otherwise.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg["device"])
+    if cfg["num_threads"]:
+        torch.set_num_threads(cfg["num_threads"])
+    torch.manual_seed(cfg["seed"])
+    generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+    parts = build_parts(cfg, data.n_items).to(device)
+    optimisers = Optimisers(cfg, parts)
+    train_data = training_instances(data, device)
+    valid_data = eval_instances(data, "valid", device)
+    same_target = SameTargetIndex.build(train_data.targets) if cfg["model"] == "duorec" else None
+
+    state = RunState()
+    best_modules = None
+    if resume != "never" and (run_dir / LAST).exists():
+        try:
+            state, best_modules = _restore(run_dir / LAST, cfg, parts, optimisers, generator, data)
+        except TrainingError:
+            if resume == "must":
+                raise
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if best_modules is not None and not (run_dir / BEST).exists():
+        save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
+
+    started = time.monotonic() - state.train_seconds
+    n_batches = math.ceil(len(train_data) / cfg["batch_size"])
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                  disable=not progress, transient=False) as bar:
+        while not state.stopped and state.epoch < cfg["max_epochs"]:
+            epoch = state.epoch + 1
+            task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
+            t0 = time.monotonic()
+            parts.train(True)
+            sums: dict[str, float] = {}
+            for index in batch_indices(len(train_data), cfg["batch_size"], generator, device):
+                seq, lengths, targets = train_data.rows(index)
+                partner = None
+                if same_target is not None:
+                    partner_rows = same_target.partners(index, targets, generator)
+                    partner = train_data.rows(partner_rows)[:2]
+                batch = make_batch(cfg, seq, lengths, targets, generator, partner)
+                try:
+                    terms = train_step(cfg, parts, optimisers, batch, generator)
+                except TrainingError as exc:
+                    raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.advance(task)
+            train_time = time.monotonic() - t0
+            valid = evaluate(parts.encoder, valid_data, cfg["eval_batch_size"], cfg["eval_ks"])
+            metric = valid[cfg["valid_metric"]]
+            state.epoch = epoch
+            state.train_seconds = time.monotonic() - started
+            record = {"epoch": epoch, "loss": {k: v / n_batches for k, v in sums.items()},
+                      "valid": valid, "epoch_seconds": train_time, "eval_seconds": time.monotonic() - t0 - train_time}
+            state.log.append(record)
+            if metric > state.best_metric:
+                state.best_metric, state.best_epoch, state.best_valid, state.bad_epochs = metric, epoch, valid, 0
+                best_modules = _module_states(parts)
+                save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
+            else:
+                state.bad_epochs += 1
+            if state.bad_epochs >= cfg["patience"]:
+                state.stopped = f"early stop: no {cfg['valid_metric']} improvement for {cfg['patience']} epochs"
+            elif cfg["max_minutes"] and state.train_seconds >= 60 * cfg["max_minutes"]:
+                state.stopped = f"time budget of {cfg['max_minutes']} min reached"
+            elif epoch >= cfg["max_epochs"]:
+                state.stopped = f"max_epochs={cfg['max_epochs']} reached"
+            save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
+                                                    optimisers=optimisers.state_dict(), rng=rng_state(generator)))
+            _write_log(run_dir, state.log)
+            bar.update(task, info=f"{cfg['valid_metric']}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
+    summary = {"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric, "valid_metric": cfg["valid_metric"],
+               "epochs_run": state.epoch, "train_seconds": state.train_seconds, "stopped": state.stopped,
+               "device": str(device), "best_checkpoint": str(run_dir / BEST)}
+    with atomic_open(run_dir / SUMMARY, "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, sort_keys=True)
+    return summary

@@ -1,0 +1,59 @@
+"""Full-ranking ranks and HR / NDCG / MRR on hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mclrec.evaluation.metrics import metrics_from_ranks, per_user_metrics, target_ranks
+
+
+def test_ranks_count_strictly_higher_scores():
+    scores = torch.tensor([
+        [0.9, 0.1, 0.5, 0.3],  # target item 1 (column 0): best -> rank 0
+        [0.9, 0.1, 0.5, 0.3],  # target item 4 (column 3): 0.9, 0.5 higher -> rank 2
+        [0.5, 0.5, 0.5, 0.1],  # target item 2: tied with two others -> ties favour the target, rank 0
+        [0.2, 0.7, 0.7, 0.9],  # target item 3: only 0.9 strictly higher -> rank 1
+    ])
+    targets = torch.tensor([1, 4, 2, 3])
+    assert target_ranks(scores, targets).tolist() == [0, 2, 0, 1]
+
+
+def test_metrics_from_hand_computed_ranks():
+    ranks = torch.tensor([0, 2, 7, 30])
+    m = metrics_from_ranks(ranks, ks=(1, 5, 10, 50))
+    assert m["HR@1"] == 0.25
+    assert m["HR@5"] == 0.5
+    assert m["HR@10"] == 0.75
+    assert m["HR@50"] == 1.0
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / math.log2(4)) / 4)
+    assert m["NDCG@10"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(9)) / 4)
+    assert m["MRR@5"] == pytest.approx((1 + 1 / 3) / 4)
+    assert m["MRR@50"] == pytest.approx((1 + 1 / 3 + 1 / 8 + 1 / 31) / 4)
+    assert set(m) == {f"{name}@{k}" for name in ("HR", "NDCG", "MRR") for k in (1, 5, 10, 50)}
+
+
+def test_default_cutoffs_and_k_larger_than_item_count():
+    scores = torch.tensor([[0.3, 0.2, 0.1], [0.1, 0.2, 0.3]])
+    ranks = target_ranks(scores, torch.tensor([3, 3]))
+    assert ranks.tolist() == [2, 0]
+    m = metrics_from_ranks(ranks)
+    assert sorted(m) == sorted(f"{n}@{k}" for n in ("HR", "NDCG", "MRR") for k in (5, 10, 20, 50))
+    assert m["HR@50"] == 1.0 and m["HR@5"] == 1.0
+    assert m["NDCG@50"] == pytest.approx((1 / math.log2(4) + 1) / 2)
+
+
+def test_target_outside_top_k_scores_zero():
+    m = metrics_from_ranks(np.array([5, 10]), ks=(5,))
+    assert m == {"HR@5": 0.0, "NDCG@5": 0.0, "MRR@5": 0.0}
+
+
+def test_per_user_metrics_arrays():
+    per_user = per_user_metrics(torch.tensor([0, 1, 4, 5]), 5)
+    assert isinstance(per_user["HR@5"], np.ndarray)
+    np.testing.assert_allclose(per_user["HR@5"], [1, 1, 1, 0])
+    np.testing.assert_allclose(per_user["NDCG@5"], [1, 1 / math.log2(3), 1 / math.log2(6), 0])
+    np.testing.assert_allclose(per_user["MRR@5"], [1, 0.5, 0.2, 0])
