@@ -32,7 +32,11 @@ def _swap_in(new: Path, target: Path) -> None:
         os.rename(new, target)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rename(target, old)
+    try:
+        os.rename(target, old)
+    except BaseException:
+        old.rmdir()
+        raise
     try:
         os.rename(new, target)
     except BaseException:

@@ -7,23 +7,32 @@ import pandas as pd
 
 
 def kcore_filter(df: pd.DataFrame, user_k: int, item_k: int) -> pd.DataFrame:
-    """Drop users with < user_k and items with < item_k interactions, repeatedly, until stable; keeps row order."""
-    users, _ = pd.factorize(df["user"])
-    items, _ = pd.factorize(df["item"])
-    keep = kcore_mask(users, items, user_k, item_k)
+    """Drop users with < user_k and items with < item_k interactions, repeatedly until stable; keeps row order."""
+    keep = kcore_mask(dense_codes(df["user"]), dense_codes(df["item"]), user_k, item_k)
     return df if keep.all() else df[keep]
 
 
+def dense_codes(column: pd.Series) -> np.ndarray:
+    """Non-negative integer codes for a column: the values themselves if already small non-negative ints."""
+    if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iu":
+        values = column.to_numpy()
+        if values.size == 0 or (values.min() >= 0 and values.max() <= 2 * values.size):
+            return values
+    return pd.factorize(column)[0]
+
+
 def kcore_mask(users: np.ndarray, items: np.ndarray, user_k: int, item_k: int) -> np.ndarray:
-    """Boolean mask of the rows that survive k-core, given dense non-negative user and item codes."""
-    n_users, n_items = int(users.max(initial=-1)) + 1, int(items.max(initial=-1)) + 1
-    rows = np.arange(len(users))
-    while rows.size:
-        u, i = users[rows], items[rows]
-        ok = (np.bincount(u, minlength=n_users)[u] >= user_k) & (np.bincount(i, minlength=n_items)[i] >= item_k)
-        if ok.all():
-            break
-        rows = rows[ok]
-    keep = np.zeros(len(users), dtype=bool)
-    keep[rows] = True
-    return keep
+    """Boolean mask of the rows that survive k-core, given non-negative integer user and item codes.
+
+    Counts are computed once and then decremented by the rows removed in each round.
+    """
+    user_count = np.bincount(users)
+    item_count = np.bincount(items)
+    alive = np.ones(len(users), dtype=bool)
+    while True:
+        dead = alive & ((user_count < user_k)[users] | (item_count < item_k)[items])
+        if not dead.any():
+            return alive
+        alive &= ~dead
+        user_count -= np.bincount(users[dead], minlength=len(user_count))
+        item_count -= np.bincount(items[dead], minlength=len(item_count))

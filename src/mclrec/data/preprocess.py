@@ -13,7 +13,14 @@ import pyarrow as pa
 from mclrec.data.atomicdir import atomic_directory
 from mclrec.data.formats import FORMATS, read_raw
 from mclrec.data.kcore import kcore_filter
-from mclrec.data.split import MIN_LENGTH, build_sequences, id_table, leave_one_out, order_chronologically, remap_ids
+from mclrec.data.split import (
+    MIN_LENGTH,
+    build_sequences,
+    id_table,
+    leave_one_out,
+    order_chronologically,
+    remap_ids,
+)
 from mclrec.errors import DataError
 from mclrec.io import sha256_file, write_json, write_parquet
 
@@ -45,7 +52,9 @@ def preprocess(
     lap("hash")
     kept = kcore_filter(coded, user_k, item_k)
     if kept.empty:
-        raise DataError(f"{raw_path}: no interactions left after k-core filtering (user_k={user_k}, item_k={item_k})")
+        raise DataError(
+            f"{raw_path}: no interactions left after k-core filtering (user_k={user_k}, item_k={item_k})"
+        )
     lap("kcore")
     users, items, user_codes, item_codes = remap_ids(order_chronologically(kept))
     offsets, flat = build_sequences(users, items, len(user_codes))
@@ -62,8 +71,8 @@ def preprocess(
         **dataset_stats(offsets, len(item_codes), max_len),
         "user_k": user_k,
         "item_k": item_k,
-        **(extra_stats or {}),
     }
+    stats.update(_checked_extra(extra_stats or {}, stats))
     lap("split")
     _write(out_dir, tables, stats)
     lap("write")
@@ -92,11 +101,19 @@ def _check_params(fmt: str, user_k: int, item_k: int, max_len: int) -> None:
     if fmt not in FORMATS:
         raise DataError(f"unknown raw format {fmt!r}; known formats: {', '.join(FORMATS)}")
     if user_k < MIN_LENGTH:
-        raise DataError(f"user_k must be at least {MIN_LENGTH} (leave-one-out needs 3 items per user), got {user_k}")
+        raise DataError(f"user_k must be at least {MIN_LENGTH} (leave-one-out needs 3 per user), got {user_k}")
     if item_k < 1:
         raise DataError(f"item_k must be at least 1, got {item_k}")
     if max_len < 1:
         raise DataError(f"max_len must be at least 1, got {max_len}")
+
+
+def _checked_extra(extra: dict, stats: dict) -> dict:
+    """`extra` if it does not overwrite a computed statistic."""
+    clash = sorted(set(extra) & set(stats))
+    if clash:
+        raise ValueError(f"extra_stats may not overwrite computed stats: {', '.join(clash)}")
+    return extra
 
 
 def _encode(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:

@@ -15,11 +15,19 @@ MIN_LENGTH = 3
 def order_chronologically(df: pd.DataFrame) -> pd.DataFrame:
     """Sort by (ts, file position): a stable sort on ts keeps the file order of equal timestamps."""
     order = np.argsort(df["ts"].to_numpy(), kind="stable")
-    return df.iloc[order].reset_index(drop=True)
+    return pd.DataFrame({name: _take(df[name], order) for name in df.columns})
+
+
+def _take(column: pd.Series, order: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """Reorder a column's values; plain numpy indexing for numpy-backed columns (the fast path)."""
+    return column.to_numpy()[order] if isinstance(column.dtype, np.dtype) else column.array.take(order)
 
 
 def remap_ids(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.Index, pd.Index]:
-    """Number users and items 1..N by first appearance; return (user ids, item ids, user originals, item originals)."""
+    """Number users and items 1..N by first appearance.
+
+    Returns (user ids, item ids, original user label per id, original item label per id).
+    """
     users, user_originals = pd.factorize(df["user"], sort=False)
     items, item_originals = pd.factorize(df["item"], sort=False)
     return (users + 1).astype(np.int32), (items + 1).astype(np.int32), user_originals, item_originals
@@ -51,7 +59,8 @@ def leave_one_out(offsets: np.ndarray, items: np.ndarray, max_len: int) -> tuple
     lengths = np.diff(offsets)
     short = np.flatnonzero(lengths < MIN_LENGTH)
     if short.size:
-        raise DataError(f"user {short[0] + 1} has {lengths[short[0]]} interactions; leave-one-out needs {MIN_LENGTH}")
+        user, n = short[0] + 1, lengths[short[0]]
+        raise DataError(f"user {user} has {n} interactions; leave-one-out needs {MIN_LENGTH}")
     zeros = np.zeros_like(lengths)
     train = _split_table(offsets, items, zeros, lengths - 3)
     valid = _split_table(offsets, items, np.maximum(zeros, lengths - 2 - max_len), lengths - 2)

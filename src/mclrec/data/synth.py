@@ -99,8 +99,8 @@ def _walk(rng: np.random.Generator, world: World, steps: int, n_users: int, stay
     walks = np.empty((n_users, steps), dtype=np.int64)
     walks[:, 0] = _draw_items(rng, world, cluster)
     for t in range(1, steps):
-        u = rng.random(n_users)
-        jump = np.minimum((world.transition_cdf[cluster] < u[:, None]).sum(axis=1), n_clusters - 1)
+        draw = rng.random(n_users)
+        jump = np.minimum((world.transition_cdf[cluster] < draw[:, None]).sum(axis=1), n_clusters - 1)
         cluster = np.where(rng.random(n_users) < stay, cluster, jump)
         follow = rng.random(n_users) < FOLLOW_PROBABILITY
         walks[:, t] = np.where(follow, world.successor[walks[:, t - 1]], _draw_items(rng, world, cluster))

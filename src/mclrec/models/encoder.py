@@ -16,6 +16,15 @@ from torch import Tensor, nn
 MASK_VALUE = -10000.0  # additive attention score for disallowed (future or padding) keys
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout; on the CPU the keep-mask comes from torch.rand, about 2x faster there than bernoulli_."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 class MultiHeadAttention(nn.Module):
     """Post-norm multi-head self-attention: LayerNorm(dropout(dense(attention)) + input)."""
 
@@ -29,9 +38,9 @@ class MultiHeadAttention(nn.Module):
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
-        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.attn_dropout = Dropout(attn_dropout)
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out_dropout = nn.Dropout(hidden_dropout)
+        self.out_dropout = Dropout(hidden_dropout)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def split_heads(self, x: Tensor) -> Tensor:
@@ -54,7 +63,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.dense_1 = nn.Linear(hidden_size, inner_size)
         self.dense_2 = nn.Linear(inner_size, hidden_size)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,16 +111,18 @@ class SASRecEncoder(nn.Module):
 
     def __init__(self, n_items: int, max_len: int = 50, hidden_size: int = 64, n_layers: int = 2, n_heads: int = 2,
                  inner_size: int = 256, hidden_dropout: float = 0.5, attn_dropout: float = 0.5,
-                 layer_norm_eps: float = 1e-12, initializer_range: float = 0.02):
+                 layer_norm_eps: float = 1e-12, initializer_range: float = 0.02,
+                 length_buckets: tuple[int, ...] = ()):
         super().__init__()
         self.n_items = n_items
+        self.length_buckets = tuple(sorted(length_buckets))
         self.max_len = max_len
         self.initializer_range = initializer_range
         # rows: 0 = padding, 1..n_items = items, n_items+1 = spare (RecBole's unused mask-token row)
         self.item_embedding = nn.Embedding(n_items + 2, hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.trm_encoder = TransformerEncoder(n_layers, hidden_size=hidden_size, n_heads=n_heads, inner_size=inner_size,
                                               hidden_dropout=hidden_dropout, attn_dropout=attn_dropout,
                                               layer_norm_eps=layer_norm_eps)
@@ -128,7 +139,27 @@ class SASRecEncoder(nn.Module):
             module.bias.data.zero_()
 
     def forward(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
-        """Encode right-padded sequences [B, L] (L <= max_len) and return h_n = H[b, lengths[b]-1], [B, H]."""
+        """Encode right-padded sequences [B, L] (L <= max_len) and return h_n = H[b, lengths[b]-1], [B, H].
+
+        With `length_buckets` (e.g. (8, 16, 32)) rows are encoded in groups by length, each group padded only to its
+        own longest row, and put back in order: the same outputs (right padding + causal attention), less work.
+        """
+        if not self.length_buckets or item_seq.shape[1] <= self.length_buckets[0]:
+            return self.encode(item_seq, lengths)
+        limits = torch.tensor(self.length_buckets, device=lengths.device)
+        bucket = torch.bucketize(lengths, limits)  # bucket k holds lengths in (limits[k-1], limits[k]]
+        order = torch.argsort(bucket, stable=True)
+        n_buckets = len(self.length_buckets) + 1
+        counts = torch.bincount(bucket, minlength=n_buckets)
+        widths = torch.zeros(n_buckets, dtype=lengths.dtype, device=lengths.device).scatter_reduce(0, bucket, lengths, "amax")
+        pieces = [self.encode(item_seq[rows, :width], lengths[rows])
+                  for rows, width in zip(order.split(counts.tolist()), widths.tolist()) if rows.numel()]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(pieces)[inverse]
+
+    def encode(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
+        """The reference computation on the whole padded batch (no length buckets)."""
         B, L = item_seq.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")

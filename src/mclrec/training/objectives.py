@@ -73,6 +73,7 @@ def build_parts(cfg: dict, n_items: int) -> ModelParts:
         attn_dropout=cfg["attn_dropout"],
         layer_norm_eps=cfg["layer_norm_eps"],
         initializer_range=cfg["initializer_range"],
+        length_buckets=tuple(cfg["length_buckets"]),
     )
     if not uses_augmenters(cfg):
         return ModelParts(encoder)

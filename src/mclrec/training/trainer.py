@@ -93,12 +93,12 @@ def train_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, gene
     loss, terms = encoder_loss(cfg, parts, batch, generator)
     _check_finite(terms, "encoder")
     _update(loss, optimisers, optimisers.encoder)
-    logged = {k: float(v) for k, v in terms.items()}
+    logged = {k: float(v.detach()) for k, v in terms.items()}
     if optimisers.augmenter is not None:
         aug_loss, aug_terms = augmenter_loss(cfg, parts, batch)
         _check_finite({"augmenter": aug_loss}, "augmenter")
         _update(aug_loss, optimisers, optimisers.augmenter)
-        logged["augmenter"] = float(aug_loss)
+        logged["augmenter"] = float(aug_loss.detach())
         if cfg["schedule"] == "meta":
             loss, terms = encoder_loss(cfg, parts, batch, generator)
             _check_finite(terms, "encoder (step 3)")

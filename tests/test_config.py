@@ -1,0 +1,120 @@
+"""params.yaml validation and run-setting resolution."""
+
+from pathlib import Path
+
+import pytest
+
+from mclrec import config
+from mclrec.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_TEXT = (ROOT / "params.yaml").read_text()
+
+
+def _load_with(tmp_path: Path, old: str, new: str) -> dict:
+    assert old in PARAMS_TEXT, old
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_TEXT.replace(old, new, 1))
+    return config.load_params(path)
+
+
+def _line_of(text: str) -> int:
+    return PARAMS_TEXT.splitlines().index(next(l for l in PARAMS_TEXT.splitlines() if text in l)) + 1
+
+
+def test_project_params_are_valid_and_declare_required_datasets():
+    params = config.load_params(ROOT / "params.yaml")
+    assert {"beauty", "sports", "yelp", "synthetic"} <= set(params["datasets"])
+    for name in ("sasrec", "sasrec-bpr", "cl4srec", "duorec", "mclrec", "mclrec-j"):
+        assert name in params["variants"]
+
+
+def test_every_setting_has_a_default_and_params_list_them_all():
+    params = config.load_params(ROOT / "params.yaml")
+    defaults = config.settings_defaults()
+    assert set(params["train"]) == set(defaults)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("batch_size: 256", "batch_size: many", "train.batch_size: 'many' is not of type 'integer'"),
+        ("batch_size: 256", "batchsize: 256", "train.batchsize: unknown key 'batchsize' (did you mean 'batch_size'?)"),
+        ("lambda_cl1: 0.03, beta: 0.1", "lambda_cl1: 0.03, bta: 0.1", "datasets.yelp.overrides.mclrec.bta: unknown key"),
+        ("schedule: joint", "schedule: jont", "variants.mclrec-j.schedule: 'jont' is not one of"),
+        ("sha256: 724b", "sha256: 24b", "datasets.yelp.source.sha256:"),
+        ("    format: seqtxt\n    preprocess: {user_k: 5, item_k: 5, max_len: 50}\n    overrides:\n      mclrec: {lambda_cl1: 0.0,",
+         "    format: seqtext\n    preprocess: {user_k: 5, item_k: 5, max_len: 50}\n    overrides:\n      mclrec: {lambda_cl1: 0.0,",
+         "datasets.beauty.format: 'seqtext' is not one of"),
+        ("user_k: 5, item_k: 5, max_len: 50}\n    overrides:\n      mclrec: {lambda_cl1: 0.04",
+         "user_k: 2, item_k: 5, max_len: 50}\n    overrides:\n      mclrec: {lambda_cl1: 0.04",
+         "datasets.sports.preprocess.user_k: 2 is less than the minimum of 3"),
+    ],
+)
+def test_bad_params_name_file_line_and_key(tmp_path, old, new, expected):
+    with pytest.raises(ConfigError) as info:
+        _load_with(tmp_path, old, new)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'params.yaml'}:")
+    assert expected in message
+
+
+def test_error_line_points_at_the_bad_key(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        _load_with(tmp_path, "batch_size: 256", "batch_size: many")
+    assert f"params.yaml:{_line_of('batch_size: 256')}:" in str(info.value)
+
+
+def test_source_must_have_one_form(tmp_path):
+    with pytest.raises(ConfigError, match="datasets.yelp.source: must have exactly one of the forms: url\\+sha256"):
+        _load_with(tmp_path, "      url: https://raw.githubusercontent.com/QinHsiu/MCLRec/main/dataset/Yelp/Yelp.txt\n", "")
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        _load_with(tmp_path, "train:\n", "train: [\n")
+    with pytest.raises(ConfigError, match="no such params file"):
+        config.load_params(tmp_path / "absent.yaml")
+
+
+def test_unknown_dataset_and_variant_list_the_defined_ones():
+    params = config.load_params(ROOT / "params.yaml")
+    with pytest.raises(ConfigError, match="datasets.movielens: no such dataset; defined: synthetic, beauty"):
+        config.resolve_run(params, "movielens", "mclrec")
+    with pytest.raises(ConfigError, match="variants.mclrecc: no such variant"):
+        config.resolve_run(params, "beauty", "mclrecc")
+
+
+def test_resolution_order_train_dataset_variant_cli():
+    params = config.load_params(ROOT / "params.yaml")
+    beauty = config.resolve_run(params, "beauty", "mclrec")
+    assert (beauty["lambda_cl1"], beauty["beta"]) == (0.0, 0.05)  # dataset overrides for the model
+    sports = config.resolve_run(params, "sports", "mclrec-no-cl1")
+    assert (sports["lambda_cl1"], sports["beta"]) == (0.0, 0.4)  # the variant's switch wins
+    assert config.resolve_run(params, "beauty", "cl4srec")["lambda_cl1"] == 0.1  # mclrec overrides don't leak
+    cli = config.resolve_run(params, "yelp", "mclrec", config.parse_overrides(["beta=0.3", "max_minutes=null"]))
+    assert cli["beta"] == 0.3 and cli["max_minutes"] is None
+    assert (cli["model"], cli["variant"], cli["dataset"], cli["max_len"]) == ("mclrec", "mclrec", "yelp", 50)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [(["beta"], "expected key=value"), (["beta=x"], "--set: beta: 'x' is not of type 'number'"),
+     (["bta=0.1"], "unknown key 'bta' (did you mean 'beta'?)"), (["schedule=fast"], "'fast' is not one of")],
+)
+def test_cli_overrides_are_validated(pairs, expected):
+    with pytest.raises(ConfigError) as info:
+        config.parse_overrides(pairs)
+    assert expected in str(info.value)
+
+
+def test_minimal_params_get_schema_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "datasets:\n  toy:\n    source: {manual: 'ask a colleague'}\n    filename: toy.txt\n"
+        "    format: seqtxt\n    preprocess: {user_k: 5, item_k: 5, max_len: 20}\n"
+        "train: {}\nvariants:\n  sasrec: {model: sasrec}\n"
+    )
+    params = config.load_params(path)
+    run = config.resolve_run(params, "toy", "sasrec")
+    assert run["batch_size"] == 256 and run["lr"] == 0.001 and run["max_len"] == 20
