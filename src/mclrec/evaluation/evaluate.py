@@ -102,7 +102,7 @@ def results_record(dataset: str, result: dict[str, Any], checkpoint: Path, fmt: 
         "checkpoint_format": fmt,
         "checkpoint_sha256": sha256_file(checkpoint),
         "data": {"n_users": data.n_users, "n_items": data.n_items, "raw_sha256": data.stats.get("raw_sha256")},
-        "environment": {"mclrec": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "environment": {"mclrec": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
                         "platform": platform.platform(), "device": summary.get("device")},
     }
 

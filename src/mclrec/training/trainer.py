@@ -133,7 +133,7 @@ def _payload(cfg: dict, modules: dict, data: ProcessedData, state: RunState, **e
         "epoch": state.epoch,
         "state": asdict(state),
         "mclrec_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         **extra,
     }
 
@@ -152,6 +152,11 @@ def _restore(path: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, g
     optimisers.load_state_dict(ckpt["optimisers"])
     restore_rng_state(ckpt["rng"], generator)
     return RunState(**ckpt["state"]), ckpt["best"]
+
+
+def _out_of_time(cfg: dict, state: RunState) -> bool:
+    """Whether the run has used its max_minutes budget (checked between epochs)."""
+    return bool(cfg["max_minutes"]) and state.train_seconds >= 60 * cfg["max_minutes"]
 
 
 def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
@@ -195,7 +200,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   disable=not progress, transient=False) as bar:
-        while not state.stopped and state.epoch < cfg["max_epochs"]:
+        while not state.stopped and state.epoch < cfg["max_epochs"] and not _out_of_time(cfg, state):
             epoch = state.epoch + 1
             task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
             t0 = time.monotonic()
@@ -231,16 +236,14 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
                 state.bad_epochs += 1
             if state.bad_epochs >= cfg["patience"]:
                 state.stopped = f"early stop: no {cfg['valid_metric']} improvement for {cfg['patience']} epochs"
-            elif cfg["max_minutes"] and state.train_seconds >= 60 * cfg["max_minutes"]:
-                state.stopped = f"time budget of {cfg['max_minutes']} min reached"
-            elif epoch >= cfg["max_epochs"]:
-                state.stopped = f"max_epochs={cfg['max_epochs']} reached"
             save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
                                                     optimisers=optimisers.state_dict(), rng=rng_state(generator)))
             _write_log(run_dir, state.log)
             bar.update(task, info=f"{cfg['valid_metric']}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
+    stopped = state.stopped or (f"time budget of {cfg['max_minutes']} min reached" if _out_of_time(cfg, state)
+                                else f"max_epochs={cfg['max_epochs']} reached")
     summary = {"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric, "valid_metric": cfg["valid_metric"],
-               "epochs_run": state.epoch, "train_seconds": state.train_seconds, "stopped": state.stopped,
+               "epochs_run": state.epoch, "train_seconds": state.train_seconds, "stopped": stopped,
                "device": str(device), "best_checkpoint": str(run_dir / BEST)}
     with atomic_open(run_dir / SUMMARY, "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)

@@ -1,0 +1,1 @@
+"""Reporting: published numbers, seed aggregation, significance tests, tables, figures and the report."""

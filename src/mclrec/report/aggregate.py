@@ -1,0 +1,142 @@
+"""Seed aggregation: mean, sample std and 95% t-interval of every metric, written in the single-run schema."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from mclrec.io import write_json
+
+Nested = Mapping[str, Mapping[str, float]]
+
+
+def load_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """The results JSON documents at `paths`, in the given order."""
+    return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+
+
+def summarise(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std (ddof=1; 0 for one value), n and 95% t-interval [lo, hi] (None for one value)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("summarise: no values")
+    mean = float(x.mean())
+    if x.size == 1:
+        return {"mean": mean, "std": 0.0, "n": 1, "ci95": None}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.975, x.size - 1)) * std / math.sqrt(x.size)
+    return {"mean": mean, "std": std, "n": int(x.size), "ci95": [mean - half, mean + half]}
+
+
+def summarise_nested(trees: Sequence[Nested]) -> dict[str, dict[str, dict[str, Any]]]:
+    """summarise() per (outer, inner) key of {outer: {inner: value}} dicts; only keys present in every tree."""
+    outer_keys = [k for k in trees[0] if all(k in t for t in trees)]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for outer in outer_keys:
+        inner_keys = [k for k in trees[0][outer] if all(k in t[outer] for t in trees)]
+        out[outer] = {inner: summarise([t[outer][inner] for t in trees]) for inner in inner_keys}
+    return out
+
+
+def aggregate_seeds(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per split and metric: {"mean", "std", "n", "ci95"} over the records (one per seed)."""
+    if not records:
+        raise ValueError("aggregate_seeds: no records")
+    return summarise_nested([r["metrics"] for r in records])
+
+
+def _field(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], name: str) -> dict[str, dict[str, Any]]:
+    """One field ("mean", "std", "ci95") of a nested summary, in the nested shape."""
+    return {outer: {inner: s[name] for inner, s in inners.items()} for outer, inners in summary.items()}
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean of the values, or None when any is missing."""
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def _check_same_run(records: Sequence[Mapping[str, Any]]) -> None:
+    """Raise ValueError unless the records share dataset and variant and have distinct seeds."""
+    for key in ("dataset", "variant"):
+        if len({r.get(key) for r in records}) > 1:
+            raise ValueError(f"cannot aggregate runs of different {key}s: {sorted({str(r.get(key)) for r in records})}")
+    seeds = [r.get("seed") for r in records if r.get("seed") is not None]
+    if len(seeds) != len(set(seeds)):
+        raise ValueError(f"cannot aggregate: repeated seeds {seeds}")
+
+
+def aggregate_record(records: Sequence[Mapping[str, Any]], paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """The multi-seed results document: `metrics` (and noise/groups) as means, plus std, ci95, seeds and runs.
+
+    `train_seconds` is the mean per seed; `best_epochs` lists each seed's best epoch.
+    """
+    if not records:
+        raise ValueError("aggregate_record: no records")
+    _check_same_run(records)
+    summary = aggregate_seeds(records)
+    first = records[0]
+    doc: dict[str, Any] = {
+        "dataset": first.get("dataset"),
+        "variant": first.get("variant"),
+        "model": first.get("model"),
+        "seeds": [r.get("seed") for r in records],
+        "n_seeds": len(records),
+        "metrics": _field(summary, "mean"),
+        "metrics_std": _field(summary, "std"),
+        "metrics_ci95": _field(summary, "ci95"),
+        "best_epochs": [r.get("best_epoch") for r in records],
+        "train_seconds": _mean_or_none([r.get("train_seconds") for r in records]),
+        "config": {k: v for k, v in first.get("config", {}).items() if k != "seed"},
+        "runs": [str(p) for p in paths],
+    }
+    for key in ("noise", "groups"):
+        if all(key in r for r in records):
+            nested = summarise_nested([r[key] for r in records])
+            doc[key], doc[f"{key}_std"] = _field(nested, "mean"), _field(nested, "std")
+    return doc
+
+
+def write_aggregate(seed_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> dict[str, Any]:
+    """Aggregate the per-seed results JSONs at `seed_paths` into `out_path` (atomically); return the document."""
+    doc = aggregate_record(load_results(seed_paths), seed_paths)
+    write_json(out_path, doc)
+    return doc
+
+
+def ranks_path(result_path: str | os.PathLike) -> Path:
+    """The per-user test ranks file beside a results JSON (`<stem>.ranks.npy`)."""
+    return Path(result_path).with_suffix(".ranks.npy")
+
+
+def load_ranks(result_path: str | os.PathLike) -> np.ndarray | None:
+    """Per-user test ranks: [users] for a run, [seeds, users] for an aggregate (its `runs` paths as stored); None if missing."""
+    path = Path(result_path)
+    if not path.is_file():
+        return None
+    runs = json.loads(path.read_text(encoding="utf-8")).get("runs")
+    files = [ranks_path(r) for r in runs] if runs else [ranks_path(path)]
+    if not all(f.is_file() for f in files):
+        return None
+    arrays = [np.load(f) for f in files]
+    return np.stack(arrays) if runs else arrays[0]
+
+
+def load_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """{(dataset, variant): results document or None} from `<root>/<dataset>/<variant>.json`."""
+    index: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for d in datasets:
+        for v in variants:
+            path = Path(results_root) / d / f"{v}.json"
+            index[(d, v)] = load_results([path])[0] if path.is_file() else None
+    return index
+
+
+def load_ranks_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str], np.ndarray | None]:
+    """{(dataset, variant): per-user test ranks or None} for `<root>/<dataset>/<variant>.json`."""
+    return {(d, v): load_ranks(Path(results_root) / d / f"{v}.json") for d in datasets for v in variants}

@@ -1,0 +1,159 @@
+"""Tables 3 and 4: published vs our numbers per dataset and metric, as Markdown and a tidy DataFrame."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mclrec.io import atomic_open
+from mclrec.report.formatting import MISSING, fmt_mean_std, fmt_p, fmt_pct, fmt_value, is_missing, markdown_grid
+from mclrec.report.published import published
+from mclrec.report.significance import paired_test
+
+ResultsIndex = Mapping[tuple[str, str], Mapping[str, Any] | None]
+RanksIndex = Mapping[tuple[str, str], np.ndarray | None]
+
+TABLE3_VARIANTS = ("sasrec", "sasrec-bpr", "cl4srec", "duorec", "mclrec")
+TABLE3_METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+TABLE4_VARIANTS = ("mclrec", "mclrec-no-cl1", "mclrec-no-cl2", "mclrec-no-reg", "mclrec-shared")
+TABLE4_METRICS = ("HR@20", "NDCG@20")
+TARGET = "mclrec"
+IMPROVEMENT_ROW = "mclrec vs best baseline"
+COLUMNS = ("row", "dataset", "metric", "published", "ours_mean", "ours_std", "n_seeds", "rel_diff",
+           "best_baseline", "improvement", "improvement_published", "wilcoxon_p", "ttest_p", "n_users")
+NAN = float("nan")
+
+
+def ours(record: Mapping[str, Any] | None, metric: str, split: str = "test") -> tuple[float, float, int]:
+    """(mean, std, n_seeds) of a metric in a run or aggregate document; (nan, nan, 0) when missing."""
+    if not record or metric not in record.get("metrics", {}).get(split, {}):
+        return NAN, NAN, 0
+    std = record.get("metrics_std", {}).get(split, {}).get(metric, 0.0)
+    return float(record["metrics"][split][metric]), float(std), int(record.get("n_seeds", 1))
+
+
+def rel_diff(value: float | None, reference: float | None) -> float:
+    """(value - reference) / reference, or nan when either is missing or the reference is 0."""
+    if is_missing(value) or is_missing(reference) or reference == 0:
+        return NAN
+    return (value - reference) / reference
+
+
+def _pub(dataset: str, variant: str, metric: str) -> float:
+    """published() with nan for missing."""
+    value = published(dataset, variant, metric)
+    return NAN if value is None else value
+
+
+def comparison_rows(index: ResultsIndex, datasets: Sequence[str], variants: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One tidy row per (variant, dataset, metric): published, our mean/std/n and relative difference."""
+    rows = []
+    for variant in variants:
+        for dataset in datasets:
+            for metric in metrics:
+                mean, std, n = ours(index.get((dataset, variant)), metric)
+                pub = _pub(dataset, variant, metric)
+                rows.append({"row": variant, "dataset": dataset, "metric": metric, "published": pub, "ours_mean": mean,
+                             "ours_std": std, "n_seeds": n, "rel_diff": rel_diff(mean, pub)})
+    return rows
+
+
+def _best(values: Mapping[str, float]) -> str | None:
+    """The key with the largest non-missing value (first on ties), or None."""
+    present = {k: v for k, v in values.items() if not is_missing(v)}
+    return max(present, key=present.__getitem__) if present else None
+
+
+def _split_metric(metric: str) -> tuple[str, int]:
+    """"NDCG@20" -> ("NDCG", 20)."""
+    name, k = metric.split("@")
+    return name, int(k)
+
+
+def improvement_row(index: ResultsIndex, ranks: RanksIndex, dataset: str, metric: str, baselines: Sequence[str]) -> dict[str, Any]:
+    """mclrec's relative improvement over the best baseline (ours and published) and the paired-test p-values."""
+    target, _, _ = ours(index.get((dataset, TARGET)), metric)
+    best = _best({b: ours(index.get((dataset, b)), metric)[0] for b in baselines})
+    pub_best = _best({b: _pub(dataset, b, metric) for b in baselines})
+    row = {"row": IMPROVEMENT_ROW, "dataset": dataset, "metric": metric, "best_baseline": best,
+           "improvement": rel_diff(target, ours(index.get((dataset, best)), metric)[0]) if best else NAN,
+           "improvement_published": rel_diff(_pub(dataset, TARGET, metric), _pub(dataset, pub_best, metric)) if pub_best else NAN,
+           "wilcoxon_p": NAN, "ttest_p": NAN, "n_users": NAN}
+    ranks_a, ranks_b = ranks.get((dataset, TARGET)), ranks.get((dataset, best)) if best else None
+    if ranks_a is not None and ranks_b is not None and not is_missing(target):
+        name, k = _split_metric(metric)
+        test = paired_test(ranks_a, ranks_b, k=k, metric=name)
+        row.update(wilcoxon_p=test["wilcoxon_p"], ttest_p=test["ttest_p"], n_users=test["n_users"])
+    return row
+
+
+def _cells(row: Mapping[str, Any]) -> list[str]:
+    """The three Markdown cells (paper, ours, Δ) of one tidy row."""
+    if row["row"] != IMPROVEMENT_ROW:
+        return [fmt_value(row["published"]), fmt_mean_std(row["ours_mean"], row["ours_std"], row["n_seeds"]), fmt_pct(row["rel_diff"])]
+    if is_missing(row["improvement"]):
+        ours_cell = MISSING
+    else:
+        ours_cell = f"{fmt_pct(row['improvement'])} vs {row['best_baseline']}"
+        if not is_missing(row["wilcoxon_p"]):
+            ours_cell += f", {fmt_p(row['wilcoxon_p'])}"
+    return [fmt_pct(row["improvement_published"]), ours_cell, ""]
+
+
+def to_markdown(df: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str]) -> str:
+    """One Markdown table per dataset: a row per variant, columns paper | ours | Δ per metric."""
+    header = ["Variant"] + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")]
+    blocks = []
+    for dataset in datasets:
+        sub = df[df["dataset"] == dataset]
+        lines = []
+        for label in dict.fromkeys(sub["row"]):
+            by_metric = {r["metric"]: r for r in sub[sub["row"] == label].to_dict("records")}
+            lines.append([label] + [cell for m in metrics for cell in _cells(by_metric[m])])
+        blocks.append(f"**{dataset}**\n\n" + markdown_grid(header, lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Tidy rows as a DataFrame with the fixed column order."""
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    return df.astype({"n_seeds": "Int64", "n_users": "Int64", "best_baseline": "object"})
+
+
+NOTE3 = ("Test split, full ranking. paper = published value; ours = mean ± sample std over seeds; "
+         "Δ = (ours − paper) / paper. Last row: relative improvement of mclrec over the best of these baselines "
+         "(paper column: over the best published baseline among them); p = two-sided Wilcoxon signed-rank test "
+         "on per-user values, mclrec vs that baseline. The paper's SASRec numbers were trained with BPR "
+         "(our sasrec-bpr) and are shown beside both SASRec variants. – = no run yet.\n")
+NOTE4 = ("Test split, full ranking, HR@20 / NDCG@20 as in the paper's Table 4. paper = published value; "
+         "ours = mean ± sample std over seeds; Δ = (ours − paper) / paper. – = no run yet.\n")
+
+
+def table3(results_index: ResultsIndex, datasets: Sequence[str], variants: Sequence[str] = TABLE3_VARIANTS,
+           metrics: Sequence[str] = TABLE3_METRICS, ranks_index: RanksIndex | None = None) -> tuple[str, pd.DataFrame]:
+    """Table 3: published vs ours per variant, plus the mclrec-vs-best-baseline row (with p-values given ranks)."""
+    rows = comparison_rows(results_index, datasets, variants, metrics)
+    baselines = [v for v in variants if v != TARGET]
+    if TARGET in variants and baselines:
+        rows += [improvement_row(results_index, ranks_index or {}, d, m, baselines) for d in datasets for m in metrics]
+    df = _frame(rows)
+    return to_markdown(df, datasets, metrics) + "\n" + NOTE3, df
+
+
+def table4(results_index: ResultsIndex, datasets: Sequence[str], variants: Sequence[str] = TABLE4_VARIANTS,
+           metrics: Sequence[str] = TABLE4_METRICS) -> tuple[str, pd.DataFrame]:
+    """Table 4 (ablations): published vs ours per ablation variant."""
+    df = _frame(comparison_rows(results_index, datasets, variants, metrics))
+    return to_markdown(df, datasets, metrics) + "\n" + NOTE4, df
+
+
+def write_table(md: str, df: pd.DataFrame, md_path: str | os.PathLike, csv_path: str | os.PathLike) -> None:
+    """Write the Markdown and the tidy CSV, each atomically."""
+    with atomic_open(md_path, "w", encoding="utf-8") as fh:
+        fh.write(md)
+    with atomic_open(csv_path, "w", encoding="utf-8", newline="") as fh:
+        df.to_csv(fh, index=False, float_format="%.6g")

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny processed synthetic dataset and the project's params."""
+
+from pathlib import Path
+
+import pytest
+
+from mclrec import config
+from mclrec.data.preprocess import preprocess
+from mclrec.data.processed import load_processed
+from mclrec.data.synth import generate_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    """The project's validated params.yaml."""
+    return config.load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A processed synthetic dataset small enough for training tests (~400 users)."""
+    root = tmp_path_factory.mktemp("tiny")
+    raw = root / "raw.txt"
+    generate_synthetic(raw, seed=3, n_users=400, n_items=150, n_clusters=6, mean_length=9, min_length=5,
+                       stay_probability=0.8)
+    preprocess(raw, "seqtxt", 5, 5, 20, root / "processed")
+    return root / "processed"
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """The tiny dataset loaded."""
+    return load_processed(tiny_dir)
+
+
+@pytest.fixture
+def run_cfg(params):
+    """Resolved settings for a variant on the tiny dataset, CPU, small batches; extra overrides as kwargs."""
+
+    def make(variant: str, **overrides) -> dict:
+        cfg = config.resolve_run(params, "synthetic", variant)
+        cfg.update({"device": "cpu", "batch_size": 64, "eval_batch_size": 256, "max_len": 20, "max_epochs": 2,
+                    **overrides})
+        return cfg
+
+    return make

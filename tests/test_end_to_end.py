@@ -1,0 +1,86 @@
+"""End to end as a user runs it: Snakemake and DVC on a CI-sized copy of the project."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mclrec.data.processed import load_processed
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    """The workflow files and a params.yaml shrunk to CI size (small synthetic data, one epoch)."""
+    work = tmp_path / "project"
+    work.mkdir()
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "workflow", work / "workflow")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"]["synthetic"]["source"]["generator"].update(n_users=300, n_items=120, n_clusters=6)
+    for model in ("sasrec", "cl4srec", "duorec", "mclrec"):
+        params["datasets"]["synthetic"].setdefault("overrides", {}).setdefault(model, {}).update(
+            max_epochs=1, batch_size=128, device="cpu")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def _run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_snakemake_main_job_on_synthetic(tmp_path):
+    work = _project_copy(tmp_path)
+    _run(["snakemake", "--cores", "2", "results/synthetic/mclrec.json"], work)
+    result = json.loads((work / "results/synthetic/mclrec.json").read_text())
+    assert (result["dataset"], result["variant"], result["model"], result["seed"]) == ("synthetic", "mclrec", "mclrec", 2023)
+    for split in ("valid", "test"):
+        assert set(result["metrics"][split]) == {f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in (5, 10, 20, 50)}
+        assert all(0.0 <= v <= 1.0 for v in result["metrics"][split].values())
+    assert result["best_epoch"] == 1 and result["train_seconds"] > 0
+    assert result["config"]["max_epochs"] == 1 and result["checkpoint"] == "models/synthetic/mclrec/best.pt"
+    assert (work / "results/synthetic/mclrec.ranks.npy").is_file()
+    data = load_processed(work / "data/processed/synthetic")
+    assert result["data"]["n_users"] == data.n_users
+    again = subprocess.run(["snakemake", "-n", "--cores", "1", "results/synthetic/mclrec.json"], cwd=work,
+                           capture_output=True, text=True)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dvc_repro_runs_the_data_stages(tmp_path):
+    work = _project_copy(tmp_path)
+    _run(["dvc", "init", "--no-scm", "-q"], work)
+    _run(["dvc", "repro", "preprocess@synthetic"], work)
+    stats = json.loads((work / "data/processed/synthetic/stats.json").read_text())
+    assert stats["n_users"] > 100
+    status = _run(["dvc", "status", "preprocess@synthetic"], work)
+    assert "up to date" in status.stdout.lower()
+
+
+@pytest.mark.benchmark_data
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (benchmark datasets) is absent")
+def test_snakemake_with_mirror_reproduces_table2_for_beauty(tmp_path):
+    work = _project_copy(tmp_path)
+    _run(["snakemake", "--cores", "2", "data/processed/beauty/stats.json"], work, MCLREC_MIRROR=str(SHARED_DATA))
+    stats = json.loads((work / "data/processed/beauty/stats.json").read_text())
+    assert (stats["n_users"], stats["n_items"], stats["n_interactions"]) == (22363, 12101, 198502)
+
+
+def test_download_without_mirror_or_network_says_where_to_put_the_file(tmp_path):
+    work = _project_copy(tmp_path)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["datasets"]["beauty"]["source"]["url"] = "http://127.0.0.1:9/Amazon_Beauty.txt"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if k != "MCLREC_MIRROR"}
+    proc = subprocess.run(["mclrec", "download", "beauty"], cwd=work, capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "data/raw/beauty/Amazon_Beauty.txt" in proc.stderr and "MCLREC_MIRROR" in proc.stderr
+    assert not (work / "data/raw/beauty/Amazon_Beauty.txt").exists()
