@@ -6,8 +6,9 @@ Usage: python benchmarks/bench_train.py --dataset beauty [--batches 20] [--devic
 For each variant (sasrec, cl4srec, duorec, mclrec, mclrec-paper, mclrec-j) the run config is resolved from
 params.yaml exactly as `mclrec train` resolves it; the real modules, optimisers, batch construction
 (`Instances.rows`, DuoRec partners, `make_batch`) and `train_step` are timed on random batches of the real prefix
-instances: 2 untimed warm-up batches, then the median over `--batches` timed batches. Seconds per epoch are that
-median times the number of batches per epoch. Evaluation times `rank_all` over every test user once (after an
+instances: 2 untimed warm-up batches per variant, then the median over `--batches` timed batches, taken
+round-robin over the variants (so that other load on a shared machine hits all variants alike). Seconds per epoch
+are that median times the number of batches per epoch. Evaluation times `rank_all` over every test user once (after an
 untimed warm-up chunk). `--naive` sets length_buckets=[] (the fully padded reference path) for every variant.
 
 FLOP estimate of one SASRec step (documented in benchmarks/README.md): matrix-multiply work only, on the tokens
@@ -185,38 +186,50 @@ class VariantRun:
         return t1 - t0, time.perf_counter() - t1, lengths
 
 
-def bench_variant(cfg: dict, data: ProcessedData, train: Instances, device: torch.device, warmup: int,
-                  batches: int) -> tuple[dict[str, Any], VariantRun]:
-    """Warm up, then time `batches` batches; medians and the per-epoch extrapolation."""
+def setup_variant(cfg: dict, data: ProcessedData, train: Instances, device: torch.device, warmup: int) -> tuple[VariantRun, dict[str, float]]:
+    """Build a variant's run and warm it up (alone); memory high-water marks after its warm-up."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run = VariantRun(cfg, data, train, device)
     for _ in range(warmup):
         run.step()
-    prep, step, total, flops, tokens, real = [], [], [], [], [], []
+    memory = {"peak_rss_mib_so_far": peak_rss_mib()}
+    if device.type == "cuda":
+        memory["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return run, memory
+
+
+def time_variants(runs: list[VariantRun], batches: int) -> list[list[tuple[float, float, torch.Tensor]]]:
+    """`batches` timed batches per run, round-robin (one batch of each variant in turn), so that load from other
+    processes, thermal or frequency drift hits every variant alike and the ratios stay fair."""
+    samples: list[list[tuple[float, float, torch.Tensor]]] = [[] for _ in runs]
     for _ in range(batches):
-        p, s, lengths = run.step()
-        prep.append(p)
-        step.append(s)
-        total.append(p + s)
-        est = sasrec_step_flops(cfg, lengths, data.n_items)
-        flops.append(est["flops"])
-        tokens.append(est["tokens"])
-        real.append(est["real_tokens"])
-    n_batches = math.ceil(len(train) / cfg["batch_size"])
+        for k, run in enumerate(runs):
+            samples[k].append(run.step())
+    return samples
+
+
+def summarise_variant(run: VariantRun, samples: list[tuple[float, float, torch.Tensor]], memory: dict[str, float],
+                      n_items: int) -> dict[str, Any]:
+    """Medians, the per-epoch extrapolation and the SASRec-step FLOP estimate of one variant's timed batches."""
+    cfg = run.cfg
+    prep = [p for p, _, _ in samples]
+    step = [s for _, s, _ in samples]
+    total = [p + s for p, s, _ in samples]
+    est = [sasrec_step_flops(cfg, lengths, n_items) for _, _, lengths in samples]
+    n_batches = math.ceil(len(run.train) / cfg["batch_size"])
     per_batch = statistics.median(total)
-    result = {
+    return {
         "variant": cfg["variant"], "model": cfg["model"], "schedule": cfg["schedule"],
         "length_buckets": list(cfg["length_buckets"]), "updates_per_batch": updates_per_batch(cfg),
         "encoder_passes": encoder_passes(cfg), "prep_s": statistics.median(prep), "step_s": statistics.median(step),
-        "batch_s": per_batch, "batch_s_min": min(total), "batch_s_max": max(total), "batches_per_epoch": n_batches,
-        "epoch_s": per_batch * n_batches, "peak_rss_mib_so_far": peak_rss_mib(),
-        "encoder_tokens_per_batch": statistics.mean(tokens), "real_tokens_per_batch": statistics.mean(real),
-        "sasrec_flops_per_batch": statistics.mean(flops),
+        "batch_s": per_batch, "batch_s_min": min(total), "batch_s_max": max(total), "batch_s_all": total,
+        "batches_per_epoch": n_batches, "epoch_s": per_batch * n_batches,
+        "encoder_tokens_per_batch": statistics.mean(e["tokens"] for e in est),
+        "real_tokens_per_batch": statistics.mean(e["real_tokens"] for e in est),
+        "sasrec_flops_per_batch": statistics.mean(e["flops"] for e in est),
+        **memory,
     }
-    if device.type == "cuda":
-        result["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result, run
 
 
 def bench_eval(run: VariantRun, data: ProcessedData, device: torch.device) -> dict[str, Any]:
@@ -310,7 +323,8 @@ def render(header: dict, matmul: dict, rows: list[dict], evaluation: dict | None
         f"{h['train_instances']:,} training instances (mean length {h['mean_instance_length']:.1f}, "
         f"{100 * h['full_length_share']:.1f}% at max_len {h['max_len']}); data {h['data_dir']}",
         f"- encoder path: {h['path']}",
-        f"- timing: batch size {h['batch_size']}, median of {h['batches_timed']} batches after {h['warmup_batches']} warm-up batches; "
+        f"- timing: batch size {h['batch_size']}, median of {h['batches_timed']} batches per variant, variants interleaved "
+        f"round-robin, after {h['warmup_batches']} warm-up batches each; "
         f"s/epoch = median s/batch x batches per epoch; load average (1 min) {_load(h.get('load_average_start'))} "
         f"at the start, {_load(summary.get('load_average_end'))} at the end",
         f"- float32 matmul {matmul['size']}x{matmul['size']}: {matmul['seconds'] * 1e3:.1f} ms = "
@@ -330,8 +344,8 @@ def render(header: dict, matmul: dict, rows: list[dict], evaluation: dict | None
             f"{r['batches_per_epoch']} | {r['epoch_s']:.1f} | {ratio} | {mem:,.0f} |"
         )
     lines.append("")
-    mem_note = "CUDA max_memory_allocated per variant" if "cuda_peak_mib" in (rows[0] if rows else {}) else \
-        "process ru_maxrss high-water mark so far (cumulative over the rows above it)"
+    mem_note = "CUDA max_memory_allocated per variant (over its warm-up batches)" if "cuda_peak_mib" in (rows[0] if rows else {}) \
+        else "process ru_maxrss high-water mark after each variant's warm-up (cumulative over the rows above it)"
     lines.append(f"peak mem: {mem_note}; process peak RSS at the end {summary['peak_rss_mib']:,.0f} MiB")
     if "sasrec_achieved_gflops" in summary:
         lines.append(
@@ -407,13 +421,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     header["batch_size"] = cfgs[0]["batch_size"]
     matmul = matmul_rate(device, args.matmul_size)
 
-    rows, runs, profile_text = [], {}, None
+    runs, memory = {}, {}
     for cfg in cfgs:
-        result, run = bench_variant(cfg, data, train, device, args.warmup, args.batches)
-        rows.append(result)
-        runs[cfg["variant"]] = run
-        print(f"[{cfg['variant']}] {result['batch_s']:.4f} s/batch, {result['epoch_s']:.1f} s/epoch",
-              file=sys.stderr, flush=True)
+        runs[cfg["variant"]], memory[cfg["variant"]] = setup_variant(cfg, data, train, device, args.warmup)
+    samples = time_variants(list(runs.values()), args.batches)
+    rows = [summarise_variant(run, got, memory[name], data.n_items) for (name, run), got in zip(runs.items(), samples)]
+    for r in rows:
+        print(f"[{r['variant']}] {r['batch_s']:.4f} s/batch, {r['epoch_s']:.1f} s/epoch", file=sys.stderr, flush=True)
+    profile_text = None
     evaluation = None
     if not args.no_eval:
         eval_run = runs.get("sasrec") or next(iter(runs.values()))

@@ -110,7 +110,7 @@ def _popularity_hr10(tiny):
 
 @pytest.mark.parametrize("variant", ["sasrec", "mclrec"])
 def test_training_beats_popularity(tiny, run_cfg, tmp_path, variant):
-    cfg = run_cfg(variant, max_epochs=4, hidden_dropout=0.2, attn_dropout=0.2, lr=0.005)
+    cfg = run_cfg(variant, max_epochs=3, hidden_dropout=0.2, attn_dropout=0.2, lr=0.005)
     summary = train(cfg, tiny, tmp_path, progress=False)
     from mclrec.evaluation.evaluate import evaluate_checkpoint
 
@@ -130,7 +130,7 @@ def test_every_variant_trains_one_epoch(tiny, run_cfg, tmp_path, variant):
 def test_same_seed_same_numbers_other_seed_different(tiny, run_cfg, tmp_path):
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        train(run_cfg("mclrec", seed=seed), tiny, tmp_path / name, progress=False)
+        train(run_cfg("mclrec", seed=seed, max_epochs=1), tiny, tmp_path / name, progress=False)
         runs[name] = [json.loads(l) for l in (tmp_path / name / "log.jsonl").read_text().splitlines()]
     strip = lambda log: [{k: r[k] for k in ("loss", "valid")} for r in log]  # noqa: E731
     assert strip(runs["a"]) == strip(runs["b"])
@@ -139,9 +139,9 @@ def test_same_seed_same_numbers_other_seed_different(tiny, run_cfg, tmp_path):
 
 @pytest.mark.parametrize("variant", ["mclrec", "duorec"])
 def test_resume_gives_exactly_the_uninterrupted_run(tiny, run_cfg, tmp_path, variant):
-    train(run_cfg(variant, max_epochs=3), tiny, tmp_path / "straight", progress=False)
+    train(run_cfg(variant, max_epochs=2), tiny, tmp_path / "straight", progress=False)
     train(run_cfg(variant, max_epochs=1), tiny, tmp_path / "resumed", progress=False)
-    train(run_cfg(variant, max_epochs=3), tiny, tmp_path / "resumed", resume="must", progress=False)
+    train(run_cfg(variant, max_epochs=2), tiny, tmp_path / "resumed", resume="must", progress=False)
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for name, state in a["modules"].items():

@@ -1,0 +1,106 @@
+"""The CLI as a user runs it: clear one-line errors, exit status 1, nothing half-written."""
+
+import hashlib
+
+import yaml
+from typer.testing import CliRunner
+
+from mclrec.cli import app
+
+from .conftest import ROOT
+
+runner = CliRunner()
+
+
+def _params(tmp_path, **datasets) -> str:
+    """A params.yaml with the project's train/variants and the given datasets."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = datasets
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def _seqtxt(filename="toy.txt", **source):
+    return {"source": source or {"manual": "ask"}, "filename": filename, "format": "seqtxt",
+            "preprocess": {"user_k": 3, "item_k": 1, "max_len": 10}}
+
+
+def test_preprocess_malformed_file_names_the_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path, toy=_seqtxt())
+    raw = tmp_path / "data/raw/toy/toy.txt"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("1 1 2 3\n2 2 3 x4\n")
+    res = runner.invoke(app, ["preprocess", "toy", "--params", params])
+    assert res.exit_code == 1
+    assert "toy.txt, line 2: id 'x4' is not a positive integer" in res.output
+    assert not (tmp_path / "data/processed/toy").exists()
+
+
+def test_preprocess_empty_after_kcore_keeps_the_previous_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path, toy=_seqtxt())
+    raw = tmp_path / "data/raw/toy/toy.txt"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("1 1 2 3 4\n2 2 3 4 1\n")
+    assert runner.invoke(app, ["preprocess", "toy", "--params", params]).exit_code == 0
+    before = (tmp_path / "data/processed/toy/train.parquet").read_bytes()
+    res = runner.invoke(app, ["preprocess", "toy", "--params", params, "--user-k", "9"])
+    assert res.exit_code == 1 and "toy.txt" in res.output
+    assert (tmp_path / "data/processed/toy/train.parquet").read_bytes() == before
+
+
+def test_preprocess_without_raw_file_says_to_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["preprocess", "toy", "--params", _params(tmp_path, toy=_seqtxt())])
+    assert res.exit_code == 1 and "mclrec download toy" in res.output
+
+
+def test_download_manual_source_explains_where_to_get_and_put_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MCLREC_MIRROR", raising=False)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("  yelp-2022:\n", 1)[1].split("```", 1)[0]
+    entry = yaml.safe_load("yelp-2022:\n" + block)["yelp-2022"]
+    res = runner.invoke(app, ["download", "yelp-2022", "--params", _params(tmp_path, **{"yelp-2022": entry})])
+    assert res.exit_code == 1
+    assert "yelp.com/dataset" in res.output and "data/raw/yelp-2022/yelp_academic_dataset_review.json" in res.output
+
+
+def test_download_from_mirror_verifies_checksum(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "toy.txt").write_text("1 1 2 3\n")
+    good = hashlib.sha256(b"1 1 2 3\n").hexdigest()
+    url = "http://127.0.0.1:9/toy.txt"
+    params = _params(tmp_path, ok=_seqtxt(url=url, sha256=good), bad=_seqtxt(url=url, sha256="0" * 64))
+    res = runner.invoke(app, ["download", "bad", "--params", params], env={"MCLREC_MIRROR": str(mirror)})
+    assert res.exit_code == 1 and "sha256" in res.output
+    assert not (tmp_path / "data/raw/bad/toy.txt").exists()
+    res = runner.invoke(app, ["download", "ok", "--params", params], env={"MCLREC_MIRROR": str(mirror)})
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "data/raw/ok/toy.txt").read_text() == "1 1 2 3\n"
+
+
+def test_unknown_dataset_and_bad_override(tmp_path):
+    params = str(ROOT / "params.yaml")
+    res = runner.invoke(app, ["download", "movielens", "--params", params])
+    assert res.exit_code == 1 and "no such dataset; defined: synthetic, beauty, sports, yelp" in res.output
+    res = runner.invoke(app, ["show-config", "beauty", "mclrec", "--params", params, "--set", "bta=1"])
+    assert res.exit_code == 1 and "did you mean 'beta'" in res.output
+
+
+def test_synth_seed_override(tmp_path):
+    params = str(ROOT / "params.yaml")
+    a, b, c = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    for path, seed in ((a, "1"), (b, "1"), (c, "2")):
+        assert runner.invoke(app, ["synth", "--params", params, "--seed", seed, "--out", str(path)]).exit_code == 0
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_train_refuses_data_processed_with_another_max_len(tiny_dir):
+    res = runner.invoke(app, ["train", "-d", "synthetic", "-m", "sasrec", "--params", str(ROOT / "params.yaml"),
+                              "--data-dir", str(tiny_dir), "--no-progress"])
+    assert res.exit_code == 1 and "max_len=20" in res.output

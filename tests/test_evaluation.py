@@ -1,0 +1,135 @@
+"""Evaluation: chunked full ranking, robustness studies, the evaluate CLI and RecBole checkpoint interop."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mclrec.cli import app
+from mclrec.evaluation.metrics import metrics_from_ranks, target_ranks
+from mclrec.evaluation.ranking import rank_all
+from mclrec.evaluation.robustness import insert_noise, length_groups
+from mclrec.models.encoder import SASRecEncoder
+from mclrec.models.recbole import to_recbole_state_dict
+from mclrec.training.batches import Instances, eval_instances
+from mclrec.training.trainer import train
+
+from .conftest import ROOT
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, params, tmp_path_factory):
+    """A one-epoch sasrec run on the tiny dataset."""
+    from mclrec import config
+
+    cfg = config.resolve_run(params, "synthetic", "sasrec")
+    cfg.update(device="cpu", batch_size=128, max_len=20, max_epochs=1)
+    run_dir = tmp_path_factory.mktemp("run")
+    train(cfg, tiny, run_dir, progress=False)
+    return run_dir
+
+
+def test_chunked_ranking_equals_one_big_product(tiny):
+    torch.manual_seed(0)
+    encoder = SASRecEncoder(tiny.n_items, 20).eval()
+    test = eval_instances(tiny, "test", torch.device("cpu"))
+    with torch.no_grad():
+        naive = target_ranks(encoder.full_scores(encoder(test.seq, test.lengths)), test.targets)
+    assert torch.equal(rank_all(encoder, test, batch_size=7), naive)
+
+
+def test_noise_inserts_the_requested_share_and_keeps_the_original_order():
+    seq = torch.tensor([[1, 2, 3, 4, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12]])
+    lengths = torch.tensor([4, 8])
+    inst = Instances(seq, lengths, torch.tensor([1, 2]))
+    same = insert_noise(inst, 0.0, 1000, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(same.seq, seq) and torch.equal(same.lengths, lengths)
+    noisy = insert_noise(inst, 0.5, 1000, 8, torch.Generator().manual_seed(0))
+    assert noisy.lengths.tolist() == [6, 8]  # 4 + 2; 8 + 4 cut to the last 8
+    row = noisy.seq[0, :6].tolist()
+    assert [x for x in row if x in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert noisy.seq[0, 6:].tolist() == [0, 0]
+
+
+def test_length_groups():
+    groups = length_groups(np.array([5, 6, 8, 9, 20, 5]))
+    assert groups["=5"].tolist() == [True, False, False, False, False, True]
+    assert groups["6-8"].tolist() == [False, True, True, False, False, False]
+    assert groups[">8"].tolist() == [False, False, False, True, True, False]
+
+
+def _evaluate(*args):
+    return runner.invoke(app, ["evaluate", "--params", str(ROOT / "params.yaml"), "--dataset", "synthetic",
+                               "--device", "cpu", *args])
+
+
+def test_evaluate_cli_writes_the_documented_schema(trained, tiny_dir, tmp_path):
+    out = tmp_path / "out.json"
+    res = _evaluate("--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir), "--output", str(out),
+                    "--noise", "0.1", "--noise", "0.2", "--groups")
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.read_text())
+    for key in ("dataset", "variant", "model", "seed", "metrics", "best_epoch", "train_seconds", "config",
+                "checkpoint", "environment"):
+        assert key in record
+    assert record["variant"] == "sasrec" and record["best_epoch"] == 1
+    assert set(record["noise"]) == {"0.1", "0.2"}
+    assert sum(g["n_users"] for g in record["groups"].values()) == len(np.load(out.with_suffix(".ranks.npy")))
+
+
+def test_recbole_checkpoint_gives_the_same_numbers(trained, tiny_dir, tmp_path):
+    from mclrec.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(trained / "best.pt")["modules"]["encoder"]
+    encoder = SASRecEncoder(len(state["item_embedding.weight"]) - 2, 20)
+    encoder.load_state_dict(state)
+    torch.save({"state_dict": to_recbole_state_dict(encoder), "config": {"model": "SASRec"}}, tmp_path / "rb.pth")
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    assert _evaluate("--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir), "--output", str(ours)).exit_code == 0
+    res = _evaluate("--checkpoint", str(tmp_path / "rb.pth"), "--checkpoint-format", "recbole",
+                    "--data-dir", str(tiny_dir), "--output", str(theirs))
+    assert res.exit_code == 0, res.output
+    assert json.loads(ours.read_text())["metrics"] == json.loads(theirs.read_text())["metrics"]
+
+
+def test_recbole_checkpoint_with_missing_keys_is_refused(trained, tiny_dir, tmp_path):
+    encoder = SASRecEncoder(10, 20)
+    state = to_recbole_state_dict(encoder)
+    del state["trm_encoder.layer.1.feed_forward.dense_2.weight"]
+    torch.save({"state_dict": state}, tmp_path / "rb.pth")
+    res = _evaluate("--checkpoint", str(tmp_path / "rb.pth"), "--checkpoint-format", "recbole",
+                    "--data-dir", str(tiny_dir), "--output", str(tmp_path / "x.json"))
+    assert res.exit_code == 1
+    assert "trm_encoder.layer.1.feed_forward.dense_2.weight" in res.output
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_checkpoint_from_another_dataset_is_refused(trained, tmp_path):
+    from mclrec.data.preprocess import preprocess
+    from mclrec.data.synth import generate_synthetic
+
+    generate_synthetic(tmp_path / "raw.txt", seed=9, n_users=200, n_items=60, n_clusters=3, mean_length=8,
+                       min_length=5, stay_probability=0.8)
+    preprocess(tmp_path / "raw.txt", "seqtxt", 5, 5, 20, tmp_path / "other")
+    res = _evaluate("--checkpoint", str(trained / "best.pt"), "--data-dir", str(tmp_path / "other"),
+                    "--output", str(tmp_path / "x.json"))
+    assert res.exit_code == 1 and "another dataset" in res.output
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_truncated_checkpoint_is_detected(trained, tiny_dir, tmp_path):
+    broken = tmp_path / "best.pt"
+    broken.write_bytes((trained / "best.pt").read_bytes()[:1000])
+    res = _evaluate("--checkpoint", str(broken), "--data-dir", str(tiny_dir), "--output", str(tmp_path / "x.json"))
+    assert res.exit_code == 1 and "truncated or corrupt" in res.output
+
+
+def test_metrics_from_ranks_matches_hand_computation():
+    m = metrics_from_ranks(torch.tensor([0, 1, 30]), (5,))
+    assert m["HR@5"] == pytest.approx(2 / 3)
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
+    assert m["MRR@5"] == pytest.approx((1 + 0.5) / 3)
