@@ -11,11 +11,11 @@ round-robin over the variants (so that other load on a shared machine hits all v
 are that median times the number of batches per epoch. Evaluation times `rank_all` over every test user once (after an
 untimed warm-up chunk). `--naive` sets length_buckets=[] (the fully padded reference path) for every variant.
 
-FLOP estimate of one SASRec step (documented in benchmarks/README.md): matrix-multiply work only, on the tokens
-the encoder actually processes (each length bucket padded to its own longest row; one group padded to the
-batch's longest row on the naive path). Per layer and processed token: QKV + output projections 8 H^2, feed-forward
-4 H I, scores and context 4 W H for a group of width W. Plus the full-softmax logits 2 B H (N + 1). Backward = 2x
-forward, so a step = 3x forward. Embedding lookups, LayerNorm, dropout, GELU, softmax and Adam are not counted.
+FLOP estimate (see `step_flops` and benchmarks/README.md): matrix-multiply work only, on the tokens the encoder
+actually processes (each length bucket padded to its own longest row; one group padded to the batch's longest row
+on the naive path). Per layer and processed token: QKV + output projections 8 H^2, feed-forward 4 H I, scores and
+context 4 W H for a group of width W. Plus the full-softmax logits 2 B H (N + 1). Backward = 2x forward, so a
+SASRec step = 3x forward. Embedding lookups, LayerNorm, dropout, GELU, softmax and Adam are not counted.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
 from mclrec.training.batches import Instances, SameTargetIndex, batch_indices, eval_instances, training_instances
-from mclrec.training.objectives import build_parts, make_batch, uses_augmenters
+from mclrec.training.objectives import Batch, build_parts, make_batch, uses_augmenters
 from mclrec.training.trainer import Optimisers, resolve_device, train_step
 
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
@@ -55,8 +55,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """float32 size x size @ size x size, median of `repeats` timed products after one warm-up: GFLOP/s."""
+def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """float32 size x size @ size x size after one warm-up: the fastest of `repeats` timed products, in GFLOP/s
+    (the fastest, because it is meant as the machine's peak; the median is kept too)."""
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, generator=gen, device=device)
     b = torch.randn(size, size, generator=gen, device=device)
@@ -68,8 +69,16 @@ def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> dic
         torch.mm(a, b)
         sync(device)
         times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    return {"size": size, "seconds": seconds, "gflops": 2 * size**3 / seconds / 1e9}
+    flops = 2 * size**3
+    return {"size": size, "seconds": min(times), "gflops": flops / min(times) / 1e9,
+            "median_gflops": flops / statistics.median(times) / 1e9}
+
+
+def best_rate(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
+    """The faster of two matmul measurements (start and end of the run), with both rates kept."""
+    best = dict(max(first, second, key=lambda m: m["gflops"]))
+    best["gflops_start"], best["gflops_end"] = first["gflops"], second["gflops"]
+    return best
 
 
 def peak_rss_mib() -> float:
@@ -109,12 +118,40 @@ def encoder_forward_flops(groups: list[tuple[int, int]], hidden: int, inner: int
     return n_layers * per_layer
 
 
-def sasrec_step_flops(cfg: dict, lengths: torch.Tensor, n_items: int) -> dict[str, float]:
-    """Estimated FLOPs of one SASRec train step (3x forward) on a batch with these lengths; also token counts."""
-    groups = encoder_groups(lengths, tuple(cfg["length_buckets"]))
-    hidden, inner, layers = cfg["hidden_size"], cfg["inner_size"], cfg["n_layers"]
-    forward = encoder_forward_flops(groups, hidden, inner, layers) + 2 * len(lengths) * hidden * (n_items + 1)
-    return {"flops": 3 * forward, "tokens": float(sum(r * w for r, w in groups)), "real_tokens": float(lengths.sum())}
+def step_flops(cfg: dict, batch: Batch, n_items: int) -> dict[str, float]:
+    """Estimated matmul FLOPs of one `train_step` of this variant on `batch`, and the original rows' token counts.
+
+    An encoder update = 3 x (its encoder forwards + full-softmax logits 2 B H (N+1) + 2 (2B)^2 H per contrastive
+    similarity matrix); MCLRec's augmenter step = 1 x the two views' encoder forwards (no autograd) + 3 x its
+    similarity matrices; meta schedule = 2 encoder updates + 1 augmenter step, paper = 1 + 1, joint = 1 update.
+    The augmenter MLPs, InfoNCE's cross-entropy and Adam are not counted.
+    """
+    buckets, hidden = tuple(cfg["length_buckets"]), cfg["hidden_size"]
+
+    def forward(lengths: torch.Tensor) -> float:
+        return encoder_forward_flops(encoder_groups(lengths, buckets), hidden, cfg["inner_size"], cfg["n_layers"])
+
+    rows = len(batch.lengths)
+    softmax = 2 * rows * hidden * (n_items + 1)
+    similarity = 2 * (2 * rows) ** 2 * hidden
+    passes, n_sims, views, aug_sims = forward(batch.lengths), 0, 0.0, 0
+    if cfg["model"] == "duorec" and cfg["lambda_sem"] > 0:
+        passes += forward(batch.lengths) + forward(batch.partner[1])
+        n_sims += 1
+    if cfg["model"] in ("cl4srec", "mclrec"):
+        views = forward(batch.view1[1]) + forward(batch.view2[1])
+        passes += views
+        n_sims += 1 if cfg["lambda_cl1"] > 0 else 0
+    if uses_augmenters(cfg):
+        aug_sims = 3 + (3 if cfg["reg"] else 0)
+        n_sims += aug_sims
+    update = 3 * (passes + softmax + n_sims * similarity)
+    total = update
+    if uses_augmenters(cfg) and cfg["schedule"] != "joint":
+        total = (2 if cfg["schedule"] == "meta" else 1) * update + views + 3 * aug_sims * similarity
+    groups = encoder_groups(batch.lengths, buckets)
+    return {"flops": float(total), "tokens": float(sum(r * w for r, w in groups)),
+            "real_tokens": float(batch.lengths.sum())}
 
 
 def eval_flops(cfg: dict, instances: Instances, batch_size: int, n_items: int) -> float:
@@ -169,8 +206,8 @@ class VariantRun:
         self.same_target = SameTargetIndex.build(train.targets) if cfg["model"] == "duorec" else None
         self.batches = cycle_batches(len(train), cfg["batch_size"], self.generator, device)
 
-    def step(self) -> tuple[float, float, torch.Tensor]:
-        """One batch: (seconds building it, seconds in train_step, its lengths)."""
+    def step(self) -> tuple[float, float, Batch]:
+        """One batch: (seconds building it, seconds in train_step, the batch)."""
         sync(self.device)
         t0 = time.perf_counter()
         index = next(self.batches)
@@ -183,7 +220,7 @@ class VariantRun:
         t1 = time.perf_counter()
         train_step(self.cfg, self.parts, self.optimisers, batch, self.generator)
         sync(self.device)
-        return t1 - t0, time.perf_counter() - t1, lengths
+        return t1 - t0, time.perf_counter() - t1, batch
 
 
 def setup_variant(cfg: dict, data: ProcessedData, train: Instances, device: torch.device, warmup: int) -> tuple[VariantRun, dict[str, float]]:
@@ -199,24 +236,24 @@ def setup_variant(cfg: dict, data: ProcessedData, train: Instances, device: torc
     return run, memory
 
 
-def time_variants(runs: list[VariantRun], batches: int) -> list[list[tuple[float, float, torch.Tensor]]]:
+def time_variants(runs: list[VariantRun], batches: int) -> list[list[tuple[float, float, Batch]]]:
     """`batches` timed batches per run, round-robin (one batch of each variant in turn), so that load from other
     processes, thermal or frequency drift hits every variant alike and the ratios stay fair."""
-    samples: list[list[tuple[float, float, torch.Tensor]]] = [[] for _ in runs]
+    samples: list[list[tuple[float, float, Batch]]] = [[] for _ in runs]
     for _ in range(batches):
         for k, run in enumerate(runs):
             samples[k].append(run.step())
     return samples
 
 
-def summarise_variant(run: VariantRun, samples: list[tuple[float, float, torch.Tensor]], memory: dict[str, float],
+def summarise_variant(run: VariantRun, samples: list[tuple[float, float, Batch]], memory: dict[str, float],
                       n_items: int) -> dict[str, Any]:
     """Medians, the per-epoch extrapolation and the SASRec-step FLOP estimate of one variant's timed batches."""
     cfg = run.cfg
     prep = [p for p, _, _ in samples]
     step = [s for _, s, _ in samples]
     total = [p + s for p, s, _ in samples]
-    est = [sasrec_step_flops(cfg, lengths, n_items) for _, _, lengths in samples]
+    est = [step_flops(cfg, batch, n_items) for _, _, batch in samples]
     n_batches = math.ceil(len(run.train) / cfg["batch_size"])
     per_batch = statistics.median(total)
     return {
@@ -227,7 +264,7 @@ def summarise_variant(run: VariantRun, samples: list[tuple[float, float, torch.T
         "batches_per_epoch": n_batches, "epoch_s": per_batch * n_batches,
         "encoder_tokens_per_batch": statistics.mean(e["tokens"] for e in est),
         "real_tokens_per_batch": statistics.mean(e["real_tokens"] for e in est),
-        "sasrec_flops_per_batch": statistics.mean(e["flops"] for e in est),
+        "flops_per_batch": statistics.mean(e["flops"] for e in est),
         **memory,
     }
 
@@ -328,20 +365,24 @@ def render(header: dict, matmul: dict, rows: list[dict], evaluation: dict | None
         f"s/epoch = median s/batch x batches per epoch; load average (1 min) {_load(h.get('load_average_start'))} "
         f"at the start, {_load(summary.get('load_average_end'))} at the end",
         f"- float32 matmul {matmul['size']}x{matmul['size']}: {matmul['seconds'] * 1e3:.1f} ms = "
-        f"{matmul['gflops']:,.1f} GFLOP/s",
+        f"{matmul['gflops']:,.1f} GFLOP/s (fastest of 10, at the start {matmul['gflops_start']:,.1f} and at the end "
+        f"{matmul['gflops_end']:,.1f}); used as the peak for the % columns",
         "",
         "| variant | updates/batch | encoder passes | batch build s | train_step s | s/batch (min-max) | batches/epoch "
-        "| s/epoch | x sasrec | peak mem MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| s/epoch | x sasrec | est. GFLOP/batch (x sasrec) | % of matmul rate | peak mem MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = next((r["epoch_s"] for r in rows if r["variant"] == "sasrec"), None)
+    sasrec = next((r for r in rows if r["variant"] == "sasrec"), None)
     for r in rows:
-        ratio = f"{r['epoch_s'] / base:.2f}" if base else "-"
+        ratio = f"{r['epoch_s'] / sasrec['epoch_s']:.2f}" if sasrec else "-"
+        flop_ratio = f" ({r['flops_per_batch'] / sasrec['flops_per_batch']:.2f})" if sasrec else ""
+        share = r["flops_per_batch"] / r["batch_s"] / 1e9 / matmul["gflops"]
         mem = r.get("cuda_peak_mib", r["peak_rss_mib_so_far"])
         lines.append(
             f"| {r['variant']} | {r['updates_per_batch']} | {r['encoder_passes']} | {r['prep_s']:.4f} | "
             f"{r['step_s']:.4f} | {r['batch_s']:.4f} ({r['batch_s_min']:.4f}-{r['batch_s_max']:.4f}) | "
-            f"{r['batches_per_epoch']} | {r['epoch_s']:.1f} | {ratio} | {mem:,.0f} |"
+            f"{r['batches_per_epoch']} | {r['epoch_s']:.1f} | {ratio} | {r['flops_per_batch'] / 1e9:.2f}{flop_ratio} | "
+            f"{100 * share:.1f}% | {mem:,.0f} |"
         )
     lines.append("")
     mem_note = "CUDA max_memory_allocated per variant (over its warm-up batches)" if "cuda_peak_mib" in (rows[0] if rows else {}) \
@@ -362,6 +403,9 @@ def render(header: dict, matmul: dict, rows: list[dict], evaluation: dict | None
             f"{evaluation['flops'] / 1e9 / evaluation['seconds']:,.1f} GFLOP/s; peak mem "
             f"{evaluation.get('cuda_peak_mib', evaluation['peak_rss_mib_so_far']):,.0f} MiB"
         )
+    if "mclrec_sasrec_flop_ratio" in summary:
+        lines.append(f"mclrec/sasrec estimated FLOP ratio: {summary['mclrec_sasrec_flop_ratio']:.2f} "
+                     "(the time ratio if both steps ran at the same FLOP/s)")
     ratio = summary.get("mclrec_sasrec_epoch_ratio")
     lines.append(f"mclrec/sasrec epoch ratio: {ratio:.2f} (target <= {RATIO_TARGET:g})" if ratio is not None
                  else f"mclrec/sasrec epoch ratio: n/a (target <= {RATIO_TARGET:g})")
@@ -434,6 +478,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_run = runs.get("sasrec") or next(iter(runs.values()))
         evaluation = bench_eval(eval_run, data, device)
     rss_end, load_end = peak_rss_mib(), (list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+    matmul = best_rate(matmul, matmul_rate(device, args.matmul_size))
     if args.profile in runs:  # after all timings, so the profiler's memory and time do not leak into them
         profile_text = profile_variant(runs[args.profile], args.profile_batches, 20)
 
@@ -441,17 +486,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"peak_rss_mib": rss_end, "load_average_end": load_end}
     if "sasrec" in by_name:
         s = by_name["sasrec"]
-        achieved = s["sasrec_flops_per_batch"] / s["batch_s"] / 1e9
+        achieved = s["flops_per_batch"] / s["batch_s"] / 1e9
         summary.update(
-            sasrec_gflop_per_batch=s["sasrec_flops_per_batch"] / 1e9,
+            sasrec_gflop_per_batch=s["flops_per_batch"] / 1e9,
             sasrec_tokens_per_batch=s["encoder_tokens_per_batch"],
             sasrec_real_tokens_per_batch=s["real_tokens_per_batch"],
             sasrec_achieved_gflops=achieved,
             sasrec_achieved_over_peak=achieved / matmul["gflops"],
-            sasrec_epoch_floor_s=s["sasrec_flops_per_batch"] * s["batches_per_epoch"] / (matmul["gflops"] * 1e9),
+            sasrec_epoch_floor_s=s["flops_per_batch"] * s["batches_per_epoch"] / (matmul["gflops"] * 1e9),
         )
         if "mclrec" in by_name:
             summary["mclrec_sasrec_epoch_ratio"] = by_name["mclrec"]["epoch_s"] / s["epoch_s"]
+            summary["mclrec_sasrec_flop_ratio"] = by_name["mclrec"]["flops_per_batch"] / s["flops_per_batch"]
     if evaluation:
         summary["eval_seconds"] = evaluation["seconds"]
 

@@ -73,3 +73,15 @@ def test_flop_groups_mirror_the_encoder():
     assert bench.encoder_groups(lengths, (8, 16, 32)) == [(3, 8), (2, 16), (1, 17), (1, 50)]
     assert bench.encoder_groups(lengths, ()) == [(7, 50)]
     assert bench.encoder_groups(torch.tensor([2, 5]), (8, 16, 32)) == [(2, 5)]
+
+
+def test_sasrec_step_flops_by_hand():
+    bench = load_bench()
+    cfg = {"model": "sasrec", "length_buckets": [8, 16, 32], "hidden_size": 64, "inner_size": 256, "n_layers": 2,
+           "lambda_sem": 0.1, "lambda_cl1": 0.1, "cl2": True, "reg": True, "schedule": "meta"}
+    lengths = torch.tensor([3, 5, 40])
+    batch = bench.Batch(torch.zeros(3, 40, dtype=torch.long), lengths, torch.ones(3, dtype=torch.long))
+    per_token = 8 * 64 * 64 + 4 * 64 * 256
+    encoder = 2 * (2 * 5 * (per_token + 5 * 4 * 64) + 40 * (per_token + 40 * 4 * 64))  # groups (2, 5), (1, 40)
+    expected = 3 * (encoder + 2 * 3 * 64 * 101)
+    assert bench.step_flops(cfg, batch, 100) == {"flops": expected, "tokens": 50.0, "real_tokens": 48.0}

@@ -118,3 +118,10 @@ def test_minimal_params_get_schema_defaults(tmp_path):
     params = config.load_params(path)
     run = config.resolve_run(params, "toy", "sasrec")
     assert run["batch_size"] == 256 and run["lr"] == 0.001 and run["max_len"] == 20
+
+
+def test_study_names_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="study.table4: 'mclrec-no-xyz' is not in variants"):
+        _load_with(tmp_path, "mclrec-no-reg, mclrec-shared]", "mclrec-no-xyz, mclrec-shared]")
+    with pytest.raises(ConfigError, match="study.datasets: 'ml1m' is not in datasets"):
+        _load_with(tmp_path, "datasets: [beauty, sports, yelp]", "datasets: [beauty, ml1m]")

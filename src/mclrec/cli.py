@@ -22,6 +22,13 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+
+def _add_report_commands() -> None:
+    """Attach `mclrec report ...` (imported here so the core commands stay light)."""
+    from mclrec.report.commands import report_app
+
+    app.add_typer(report_app, name="report")
+
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 
 
@@ -208,6 +215,9 @@ def show_config(
     with user_errors():
         resolved = config.resolve_run(config.load_params(params), dataset, variant, config.parse_overrides(set_))
         typer.echo(json.dumps(resolved, indent=2, sort_keys=True))
+
+
+_add_report_commands()
 
 
 def main() -> None:

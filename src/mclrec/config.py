@@ -30,6 +30,25 @@ def settings_defaults() -> dict[str, Any]:
     return {key: copy.deepcopy(spec["default"]) for key, spec in props.items()}
 
 
+def study_defaults() -> dict[str, Any]:
+    """Default value of every study setting, from the schema."""
+    props = load_schema()["properties"]["study"]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in props.items()}
+
+
+def _check_study(params: dict, source: str) -> None:
+    """Every dataset and variant the study section names must be defined."""
+    study = params.get("study", {})
+    for name in study.get("datasets", []):
+        if name not in params["datasets"]:
+            raise ConfigError(f"{source}: study.datasets: '{name}' is not in datasets")
+    named = [(k, v) for k in ("table3", "table4", "joint_vs_meta", "robustness") for v in study.get(k, [])]
+    named += [("batch_sizes", v) for v in study.get("batch_sizes", {}).values()]
+    for key, name in named:
+        if name not in params["variants"]:
+            raise ConfigError(f"{source}: study.{key}: '{name}' is not in variants")
+
+
 def _node_line(root: yaml.Node | None, path: list) -> int | None:
     """1-based line of the YAML node at `path` (or of its deepest existing ancestor)."""
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
@@ -109,7 +128,8 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     validate_params(params, str(path), root)
     params["train"] = {**settings_defaults(), **params["train"]}
-    params.setdefault("study", {}).setdefault("seeds", 3)
+    _check_study(params, str(path))
+    params["study"] = {**study_defaults(), **params.get("study", {})}
     return params
 
 

@@ -12,6 +12,8 @@ rule train:
     params:
         settings=run_settings,
     threads: 2
+    resources:
+        gpu=gpu_jobs,
     log:
         "logs/train/{dataset}/{variant}.log",
     shell:

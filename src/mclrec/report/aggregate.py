@@ -127,16 +127,23 @@ def load_ranks(result_path: str | os.PathLike) -> np.ndarray | None:
     return np.stack(arrays) if runs else arrays[0]
 
 
-def load_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str], dict[str, Any] | None]:
-    """{(dataset, variant): results document or None} from `<root>/<dataset>/<variant>.json`."""
+SINGLE_RUN = "{dataset}/{variant}.json"
+SEED_AGGREGATE = "{dataset}/{variant}/aggregate.json"
+
+
+def load_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str],
+               pattern: str = SINGLE_RUN) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """{(dataset, variant): results document or None} from `<root>/<pattern>` (single run or seed aggregate)."""
     index: dict[tuple[str, str], dict[str, Any] | None] = {}
     for d in datasets:
         for v in variants:
-            path = Path(results_root) / d / f"{v}.json"
+            path = Path(results_root) / pattern.format(dataset=d, variant=v)
             index[(d, v)] = load_results([path])[0] if path.is_file() else None
     return index
 
 
-def load_ranks_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str]) -> dict[tuple[str, str], np.ndarray | None]:
-    """{(dataset, variant): per-user test ranks or None} for `<root>/<dataset>/<variant>.json`."""
-    return {(d, v): load_ranks(Path(results_root) / d / f"{v}.json") for d in datasets for v in variants}
+def load_ranks_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str],
+                     pattern: str = SINGLE_RUN) -> dict[tuple[str, str], np.ndarray | None]:
+    """{(dataset, variant): per-user test ranks or None} for `<root>/<pattern>`."""
+    return {(d, v): load_ranks(Path(results_root) / pattern.format(dataset=d, variant=v))
+            for d in datasets for v in variants}

@@ -1,0 +1,60 @@
+"""The paper study: dry runs plan the expected jobs; a CI-sized study renders tables, figures and the report."""
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from .test_end_to_end import _project_copy, _run
+
+
+def _job_counts(work, target: str) -> dict[str, int]:
+    proc = _run(["snakemake", "-n", "--cores", "4", target], work)
+    table = proc.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return _project_copy(tmp_path_factory.mktemp("study"))
+
+
+def test_dry_runs_plan_the_paper_targets(project):
+    table3 = _job_counts(project, "results/tables/table3.md")
+    assert (table3["train_seed"], table3["evaluate_seed"], table3["aggregate_seeds"], table3["table"]) == (45, 45, 15, 1)
+    assert table3["download"] == 3 and table3["preprocess"] == 3
+    table4 = _job_counts(project, "results/tables/table4.md")
+    assert table4["train_seed"] == 5 * 3 * 3
+    grid = _job_counts(project, "results/figures/grid.png")
+    assert grid["train_grid"] == 5 * 5 * 3 * 3 and grid["aggregate_grid"] == 5 * 5 * 3
+    report = _job_counts(project, "results/report.md")
+    assert report["train_seed"] == 12 * 3 * 3 and report["figure"] == 4 + 2 * 3 and report["report"] == 1
+
+
+def test_slurm_profile_parses_and_plans(project):
+    proc = _run(["snakemake", "-n", "--profile", "workflow/profiles/slurm", "results/tables/table3.md"], project)
+    assert "train_seed" in proc.stdout
+
+
+def test_ci_sized_study_renders_the_report(tmp_path):
+    work = _project_copy(tmp_path)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["study"] = {
+        "seeds": 2, "datasets": ["synthetic"], "table3": ["sasrec", "mclrec"], "table4": ["mclrec", "mclrec-no-reg"],
+        "joint_vs_meta": ["mclrec-j", "mclrec"], "batch_sizes": {"128": "mclrec"}, "robustness": ["sasrec", "mclrec"],
+        "noise": [0.1, 0.3], "grid": {"lambdas": [0.1], "betas": [0.05, 0.1]},
+    }
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["snakemake", "--cores", "2", "results/report.md"], work)
+    report = (work / "results/report.md").read_text()
+    assert "Table 3" in report and "| mclrec |" in report.replace("**", "")
+    assert "figures/noise-synthetic.png" in report and "## Environment" in report
+    aggregate = json.loads((work / "results/synthetic/mclrec/aggregate.json").read_text())
+    assert aggregate["n_seeds"] == 2 and aggregate["seeds"] == [0, 1]
+    assert set(aggregate["noise"]) == {"0.1", "0.3"} and set(aggregate["groups"]) <= {"=5", "6-8", ">8"}
+    for name in ("joint_vs_meta", "batch_sizes", "grid", "curves", "noise-synthetic", "groups-synthetic"):
+        assert (work / f"results/figures/{name}.png").stat().st_size > 1000
+    csv = (work / "results/tables/table3.csv").read_text()
+    assert "mclrec" in csv and "synthetic" in csv
