@@ -59,6 +59,20 @@ def test_snakemake_and_dvc_declare_the_same_data_stages():
     assert len(dvc_data) == len(DATA_STAGES) * len(params["datasets"])
 
 
+def test_snakemake_and_dvc_declare_the_same_model_stages():
+    params = config.load_params(ROOT / "params.yaml")
+    stages = dvc_stages()
+    targets = [f"results/{d}/{v}.json" for d in ("synthetic", "yelp") for v in ("mclrec", "sasrec-bpr")]
+    jobs = [j for j in snakemake_jobs(*targets) if j["rule"] in ("train", "evaluate")]
+    assert len(jobs) == 2 * len(targets)
+    for job in jobs:
+        stage = stages[f"{job['rule']}@{job['wildcards']['dataset']}-{job['wildcards']['variant']}"]
+        assert job["cmd"] == stage["cmd"]
+        assert job["outputs"] == stage["outputs"]
+    n_models = len(params["datasets"]) * len(params["variants"])
+    assert sum(name.split("@")[0] in ("train", "evaluate") for name in stages) == 2 * n_models
+
+
 def test_dry_run_plans_download_then_preprocess_for_yelp():
     jobs = snakemake_jobs("data/processed/yelp/stats.json")
     assert sorted(j["rule"] for j in jobs) == ["download", "preprocess"]

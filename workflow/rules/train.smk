@@ -17,7 +17,8 @@ rule train:
     log:
         "logs/train/{dataset}/{variant}.log",
     shell:
-        "mclrec train --dataset {wildcards.dataset} --variant {wildcards.variant} --resume-if-compatible --no-progress 2> {log}"
+        "mclrec train --dataset {wildcards.dataset} --variant {wildcards.variant} --resume-if-compatible --no-progress"
+        " 2> {log}"
 
 
 rule evaluate:
