@@ -169,7 +169,8 @@ def eval_flops(cfg: dict, instances: Instances, batch_size: int, n_items: int) -
 
 def encoder_passes(cfg: dict) -> str:
     """Encoder forwards per batch: with autograd, and without (MCLRec's augmenter step)."""
-    grad = 1 + (2 if cfg["model"] in ("cl4srec", "mclrec") else 0) + (2 if cfg["model"] == "duorec" and cfg["lambda_sem"] > 0 else 0)
+    grad = 1 + (2 if cfg["model"] in ("cl4srec", "mclrec") else 0)
+    grad += 2 if cfg["model"] == "duorec" and cfg["lambda_sem"] > 0 else 0
     no_grad = 0
     if uses_augmenters(cfg) and cfg["schedule"] != "joint":
         no_grad = 2
@@ -223,7 +224,8 @@ class VariantRun:
         return t1 - t0, time.perf_counter() - t1, batch
 
 
-def setup_variant(cfg: dict, data: ProcessedData, train: Instances, device: torch.device, warmup: int) -> tuple[VariantRun, dict[str, float]]:
+def setup_variant(cfg: dict, data: ProcessedData, train: Instances, device: torch.device,
+                  warmup: int) -> tuple[VariantRun, dict[str, float]]:
     """Build a variant's run and warm it up (alone); memory high-water marks after its warm-up."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -340,7 +342,8 @@ def machine_header(device: torch.device, data: ProcessedData, train: Instances, 
         "mean_instance_length": float(lengths.mean()),
         "full_length_share": float((lengths >= data.max_len).float().mean()),
         "max_len": data.max_len,
-        "path": "naive (length_buckets=[] for every variant)" if naive else "bucketed (length_buckets from params.yaml)",
+        "path": ("naive (length_buckets=[] for every variant)" if naive
+                 else "bucketed (length_buckets from params.yaml)"),
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "batches_timed": args.batches,
         "warmup_batches": args.warmup,
@@ -360,8 +363,8 @@ def render(header: dict, matmul: dict, rows: list[dict], evaluation: dict | None
         f"{h['train_instances']:,} training instances (mean length {h['mean_instance_length']:.1f}, "
         f"{100 * h['full_length_share']:.1f}% at max_len {h['max_len']}); data {h['data_dir']}",
         f"- encoder path: {h['path']}",
-        f"- timing: batch size {h['batch_size']}, median of {h['batches_timed']} batches per variant, variants interleaved "
-        f"round-robin, after {h['warmup_batches']} warm-up batches each; "
+        f"- timing: batch size {h['batch_size']}, median of {h['batches_timed']} batches per variant, "
+        f"variants interleaved round-robin, after {h['warmup_batches']} warm-up batches each; "
         f"s/epoch = median s/batch x batches per epoch; load average (1 min) {_load(h.get('load_average_start'))} "
         f"at the start, {_load(summary.get('load_average_end'))} at the end",
         f"- float32 matmul {matmul['size']}x{matmul['size']}: {matmul['seconds'] * 1e3:.1f} ms = "
@@ -385,7 +388,8 @@ def render(header: dict, matmul: dict, rows: list[dict], evaluation: dict | None
             f"{100 * share:.1f}% | {mem:,.0f} |"
         )
     lines.append("")
-    mem_note = "CUDA max_memory_allocated per variant (over its warm-up batches)" if "cuda_peak_mib" in (rows[0] if rows else {}) \
+    on_cuda = bool(rows) and "cuda_peak_mib" in rows[0]
+    mem_note = "CUDA max_memory_allocated per variant (over its warm-up batches)" if on_cuda \
         else "process ru_maxrss high-water mark after each variant's warm-up (cumulative over the rows above it)"
     lines.append(f"peak mem: {mem_note}; process peak RSS at the end {summary['peak_rss_mib']:,.0f} MiB")
     if "sasrec_achieved_gflops" in summary:
@@ -422,7 +426,8 @@ def _load(values: list[float] | None) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="beauty", help="dataset name in params.yaml (its settings resolve the runs)")
+    parser.add_argument("--dataset", default="beauty",
+                        help="dataset name in params.yaml (its settings resolve the runs)")
     parser.add_argument("--data-dir", type=Path, help="processed dataset folder (default data/processed/<dataset>)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--batches", type=int, default=20, help="timed batches per variant")
@@ -434,7 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="override the training batch size (default: params.yaml's)")
     parser.add_argument("--no-eval", action="store_true", help="skip the full-ranking evaluation timing")
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--profile", metavar="VARIANT", help="also profile this variant's step (printed before the table)")
+    parser.add_argument("--profile", metavar="VARIANT",
+                        help="also profile this variant's step (printed before the table)")
     parser.add_argument("--profile-batches", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     args = parser.parse_args(argv)

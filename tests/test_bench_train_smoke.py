@@ -40,7 +40,8 @@ def tiny_processed(tmp_path_factory) -> Path:
 def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     bench = load_bench()
     argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
-            "--batches", "1", "--warmup", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu", "--matmul-size", "128",
+            "--batches", "1", "--warmup", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu",
+            "--matmul-size", "128",
             "--json", str(tmp_path / "bench.json")] + (["--naive"] if naive else [])
     threads = torch.get_num_threads()
     try:  # one thread: fast, and immune to OpenMP spin-waiting when other processes load the CPUs

@@ -84,3 +84,22 @@ def test_download_without_mirror_or_network_says_where_to_put_the_file(tmp_path)
     assert proc.returncode == 1
     assert "data/raw/beauty/Amazon_Beauty.txt" in proc.stderr and "MCLREC_MIRROR" in proc.stderr
     assert not (work / "data/raw/beauty/Amazon_Beauty.txt").exists()
+
+
+def test_snakemake_then_dvc_never_retrains(tmp_path):
+    work = _project_copy(tmp_path)
+    _run(["dvc", "init", "--no-scm", "-q"], work)
+    target, stage = "results/synthetic/sasrec.json", "evaluate@synthetic-sasrec"
+    _run(["snakemake", "--cores", "2", target], work)
+    best = work / "models/synthetic/sasrec/best.pt"
+    _run(["dvc", "commit", "-f", "--with-deps", stage], work)  # adopts the outputs (links them from the cache)
+    stamp = best.stat().st_mtime_ns
+    assert "up to date" in _run(["dvc", "status", "--with-deps", stage], work).stdout.lower()
+    repro = _run(["dvc", "repro", stage], work)
+    assert "didn't change, skipping" in repro.stdout and "Running stage" not in repro.stdout
+    assert best.stat().st_mtime_ns == stamp
+    raw = work / "data/raw/synthetic/synthetic.txt"
+    os.utime(raw)  # what a dvc checkout of an input does to timestamps
+    _run(["snakemake", "--cores", "1", "--touch", target], work)
+    assert "Nothing to be done" in _run(["snakemake", "-n", "--cores", "1", target], work).stdout
+    assert best.stat().st_mtime_ns >= stamp
