@@ -9,9 +9,6 @@ from typing import Optional
 import typer
 
 from mclrec import config
-from mclrec.report import figures, tables
-from mclrec.report.aggregate import SEED_AGGREGATE, load_index, load_ranks_index, write_aggregate
-from mclrec.report.report import environment_info, figure_link, render_report, write_report
 
 report_app = typer.Typer(help="Aggregate seeds and render the paper's tables, figures and report.", no_args_is_help=True)
 
@@ -32,6 +29,8 @@ def aggregate(
     seed_results: list[Path] = typer.Argument(..., help="Per-seed results JSONs."),
 ) -> None:
     """Mean, std and 95% interval over seeds, in the single-run schema (plus *_std, *_ci95)."""
+    from mclrec.report.aggregate import write_aggregate
+
     with _guard():
         doc = write_aggregate(seed_results, output)
         typer.echo(f"{output}: {doc['n_seeds']} seeds", err=True)
@@ -45,6 +44,9 @@ def table(
     out: Path = typer.Option(Path("results/tables"), help="Folder for table<N>.md and .csv."),
 ) -> None:
     """Published vs our mean ± std and relative difference; Table 3 adds mclrec vs the best baseline with a paired test."""
+    from mclrec.report import tables
+    from mclrec.report.aggregate import SEED_AGGREGATE, load_index, load_ranks_index
+
     with _guard():
         study = config.load_params(params)["study"]
         if number not in (3, 4):
@@ -68,6 +70,9 @@ def figure(
     out: Path = typer.Option(Path("results/figures"), help="Folder for the PNGs."),
 ) -> None:
     """Render one of the paper's figures (Fig. 3, 4, 6, 7, 8) or the training curves from the study's results."""
+    from mclrec.report import figures
+    from mclrec.report.aggregate import SEED_AGGREGATE, load_index
+
     with _guard():
         study = config.load_params(params)["study"]
         datasets = study["datasets"]
@@ -92,6 +97,9 @@ def figure(
 
 def _robustness_figure(kind: str, dataset: str, study: dict, results: Path, path: Path) -> None:
     """Fig. 7 (noise-<dataset>) or Fig. 8 (groups-<dataset>) for the study's robustness variants."""
+    from mclrec.report import figures
+    from mclrec.report.aggregate import SEED_AGGREGATE, load_index
+
     index = load_index(results, [dataset], study["robustness"], SEED_AGGREGATE)
     records = {v: index[(dataset, v)] for v in study["robustness"]}
     if kind == "noise":
@@ -102,6 +110,8 @@ def _robustness_figure(kind: str, dataset: str, study: dict, results: Path, path
 
 def _grid_figure(study: dict, results: Path, path: Path) -> None:
     """Fig. 6: the lambda x beta heat map of the first study dataset (all datasets: grid-<dataset>.png)."""
+    from mclrec.report import figures
+
     grid = study["grid"]
     for i, dataset in enumerate(study["datasets"]):
         records = [json.loads(p.read_text()) for p in sorted((results / dataset / "grid").glob("*/aggregate.json"))]
@@ -112,6 +122,8 @@ def _grid_figure(study: dict, results: Path, path: Path) -> None:
 
 def _curves_figure(study: dict, models: Path, path: Path) -> None:
     """Training curves (loss components, validation MRR@10) of mclrec, seed 0, on the first study dataset."""
+    from mclrec.report import figures
+
     dataset = study["datasets"][0]
     log = models / dataset / "mclrec" / "seed0" / "log.jsonl"
     if not log.is_file():
@@ -129,6 +141,8 @@ def render(
     command: Optional[list[str]] = typer.Option(None, help="Commands to list in the report (repeatable)."),
 ) -> None:
     """Stitch tables and figures into results/report.md with the environment and the commands."""
+    from mclrec.report.report import environment_info, figure_link, render_report, write_report
+
     with _guard():
         study = config.load_params(params)["study"]
         sections = []
