@@ -9,6 +9,7 @@ rule train:
         best="models/{dataset}/{variant}/best.pt",
         summary="models/{dataset}/{variant}/summary.json",
         log="models/{dataset}/{variant}/log.jsonl",
+        curves="models/{dataset}/{variant}/curves.json",
     params:
         settings=run_settings,
     threads: 2

@@ -21,7 +21,7 @@ from mclrec.training.batches import SameTargetIndex, batch_indices, eval_instanc
 from mclrec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, uses_augmenters
 
-BEST, LAST, LOG, SUMMARY = "best.pt", "last.pt", "log.jsonl", "summary.json"
+BEST, LAST, LOG, SUMMARY, CURVES = "best.pt", "last.pt", "log.jsonl", "summary.json", "curves.json"
 RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size")
 
 
@@ -159,10 +159,14 @@ def _out_of_time(cfg: dict, state: RunState) -> bool:
     return bool(cfg["max_minutes"]) and state.train_seconds >= 60 * cfg["max_minutes"]
 
 
-def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite the JSON-lines log (one line per finished epoch) atomically."""
+def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) -> None:
+    """Rewrite the JSON-lines log and the flat curves.json (for `dvc plots`) atomically, one entry per epoch."""
     with atomic_open(run_dir / LOG, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    curves = [{"epoch": r["epoch"], **{f"loss_{k}": v for k, v in r["loss"].items()},
+               valid_metric: r["valid"][valid_metric]} for r in records]
+    with atomic_open(run_dir / CURVES, "w", encoding="utf-8") as fh:
+        json.dump(curves, fh, indent=1)
 
 
 def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True) -> dict[str, Any]:
@@ -238,7 +242,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
                 state.stopped = f"early stop: no {cfg['valid_metric']} improvement for {cfg['patience']} epochs"
             save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
                                                     optimisers=optimisers.state_dict(), rng=rng_state(generator)))
-            _write_log(run_dir, state.log)
+            _write_log(run_dir, state.log, cfg["valid_metric"])
             bar.update(task, info=f"{cfg['valid_metric']}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
     stopped = state.stopped or (f"time budget of {cfg['max_minutes']} min reached" if _out_of_time(cfg, state)
                                 else f"max_epochs={cfg['max_epochs']} reached")
