@@ -14,7 +14,6 @@ import yaml
 from mclrec.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-MODELS = ("sasrec", "cl4srec", "duorec", "mclrec")
 
 
 @lru_cache(maxsize=1)
