@@ -48,12 +48,14 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.n_heads, self.head_size).transpose(1, 2)
 
-    def forward(self, x: Tensor, attention_mask: Tensor) -> Tensor:
-        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+    def forward(self, x: Tensor, attention_mask: Tensor, x_query: Tensor | None = None) -> Tensor:
+        """Attend from `x_query` (default: every position of x) to all positions of x."""
+        xq = x if x_query is None else x_query
+        q, k, v = self.split_heads(self.query(xq)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + attention_mask
         probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        context = (probs @ v).transpose(1, 2).reshape(x.shape)
-        return self.LayerNorm(self.out_dropout(self.dense(context)) + x)
+        context = (probs @ v).transpose(1, 2).reshape(xq.shape)
+        return self.LayerNorm(self.out_dropout(self.dense(context)) + xq)
 
 
 class FeedForward(nn.Module):
@@ -81,8 +83,8 @@ class TransformerLayer(nn.Module):
                                                        layer_norm_eps)
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout, layer_norm_eps)
 
-    def forward(self, x: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.feed_forward(self.multi_head_attention(x, attention_mask))
+    def forward(self, x: Tensor, attention_mask: Tensor, x_query: Tensor | None = None) -> Tensor:
+        return self.feed_forward(self.multi_head_attention(x, attention_mask, x_query))
 
 
 class TransformerEncoder(nn.Module):
@@ -92,10 +94,18 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(**layer_kwargs) for _ in range(n_layers))
 
-    def forward(self, x: Tensor, attention_mask: Tensor) -> Tensor:
-        for block in self.layer:
+    def forward(self, x: Tensor, attention_mask: Tensor, last: Tensor) -> Tensor:
+        """Hidden state at position last[b] of each row, [B, H].
+
+        Only that position is read, so the final block computes its query, attention output and
+        feed-forward for it alone (keys and values still cover every position): the same numbers, less work.
+        """
+        for block in self.layer[:-1]:
             x = block(x, attention_mask)
-        return x
+        rows = torch.arange(x.shape[0], device=x.device)
+        x_last = x[rows, last].unsqueeze(1)
+        mask_last = attention_mask[rows, :, last].unsqueeze(2)
+        return self.layer[-1](x, mask_last, x_last).squeeze(1)
 
 
 def attention_mask(item_seq: Tensor, dtype: torch.dtype) -> Tensor:
@@ -160,14 +170,13 @@ class SASRecEncoder(nn.Module):
 
     def encode(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
         """The reference computation on the whole padded batch (no length buckets)."""
-        B, L = item_seq.shape
+        L = item_seq.shape[1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
         positions = torch.arange(L, device=item_seq.device)
         x = self.item_embedding(item_seq) + self.position_embedding(positions)  # e^u = m_s + p (Sec. 2.2.1)
         x = self.dropout(self.LayerNorm(x))
-        x = self.trm_encoder(x, attention_mask(item_seq, x.dtype))  # H^u = f_theta(e^u), Eq. 2
-        return x[torch.arange(B, device=x.device), lengths - 1]
+        return self.trm_encoder(x, attention_mask(item_seq, x.dtype), lengths - 1)  # h_n of H^u = f_theta(e^u), Eq. 2
 
     def item_weights(self) -> Tensor:
         """Item embedding rows used as the training softmax's classes (Eq. 3): padding row 0 and items 1..n_items.
