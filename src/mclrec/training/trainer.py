@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,7 +17,7 @@ from mclrec.data.processed import ProcessedData
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open
-from mclrec.training.batches import SameTargetIndex, batch_indices, eval_instances, training_instances
+from mclrec.training.batches import Instances, SameTargetIndex, batch_indices, eval_instances, training_instances
 from mclrec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, uses_augmenters
 
@@ -169,6 +169,26 @@ def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) 
         json.dump(curves, fh, indent=1)
 
 
+def _train_epoch(cfg: dict, parts: ModelParts, optimisers: Optimisers, train_data: Instances,
+                 same_target: Optional[SameTargetIndex], generator: torch.Generator,
+                 on_batch: Callable[[], None]) -> dict[str, float]:
+    """One pass over the shuffled training instances; returns the mean of each loss component."""
+    parts.train(True)
+    sums: dict[str, float] = {}
+    n_batches = 0
+    for index in batch_indices(len(train_data), cfg["batch_size"], generator, generator.device):
+        seq, lengths, targets = train_data.rows(index)
+        partner = None
+        if same_target is not None:
+            partner = train_data.rows(same_target.partners(index, targets, generator))[:2]
+        terms = train_step(cfg, parts, optimisers, make_batch(cfg, seq, lengths, targets, generator, partner), generator)
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value
+        n_batches += 1
+        on_batch()
+    return {key: value / n_batches for key, value in sums.items()}
+
+
 def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True) -> dict[str, Any]:
     """Train one run into `run_dir` (best.pt, last.pt, log.jsonl, summary.json); return the summary.
 
@@ -208,28 +228,17 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             epoch = state.epoch + 1
             task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
             t0 = time.monotonic()
-            parts.train(True)
-            sums: dict[str, float] = {}
-            for index in batch_indices(len(train_data), cfg["batch_size"], generator, device):
-                seq, lengths, targets = train_data.rows(index)
-                partner = None
-                if same_target is not None:
-                    partner_rows = same_target.partners(index, targets, generator)
-                    partner = train_data.rows(partner_rows)[:2]
-                batch = make_batch(cfg, seq, lengths, targets, generator, partner)
-                try:
-                    terms = train_step(cfg, parts, optimisers, batch, generator)
-                except TrainingError as exc:
-                    raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                bar.advance(task)
+            try:
+                losses = _train_epoch(cfg, parts, optimisers, train_data, same_target, generator,
+                                      lambda: bar.advance(task))
+            except TrainingError as exc:
+                raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
             train_time = time.monotonic() - t0
             valid = evaluate(parts.encoder, valid_data, cfg["eval_batch_size"], cfg["eval_ks"])
             metric = valid[cfg["valid_metric"]]
             state.epoch = epoch
             state.train_seconds = time.monotonic() - started
-            record = {"epoch": epoch, "loss": {k: v / n_batches for k, v in sums.items()},
+            record = {"epoch": epoch, "loss": losses,
                       "valid": valid, "epoch_seconds": train_time, "eval_seconds": time.monotonic() - t0 - train_time}
             state.log.append(record)
             if metric > state.best_metric:
