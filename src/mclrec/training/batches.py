@@ -42,8 +42,8 @@ def eval_instances(data: ProcessedData, split: str, device: torch.device) -> Ins
 
 
 def _to_device(seq, lengths, targets, device: torch.device) -> Instances:
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.long).to(device)  # noqa: E731
-    return Instances(as_tensor(seq), as_tensor(lengths), as_tensor(targets))
+    """Numpy arrays as int64 tensors on `device`."""
+    return Instances(*(torch.as_tensor(a, dtype=torch.long).to(device) for a in (seq, lengths, targets)))
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
