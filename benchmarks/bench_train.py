@@ -9,7 +9,8 @@ params.yaml exactly as `mclrec train` resolves it; the real modules, optimisers,
 instances: 2 untimed warm-up batches per variant, then the median over `--batches` timed batches, taken
 round-robin over the variants (so that other load on a shared machine hits all variants alike). Seconds per epoch
 are that median times the number of batches per epoch. Evaluation times `rank_all` over every test user once (after an
-untimed warm-up chunk). `--naive` sets length_buckets=[] (the fully padded reference path) for every variant.
+untimed warm-up chunk). `--naive` sets length_buckets=[] and batch_views=false (the unoptimised reference path) for
+every variant; `--set KEY=VALUE` overrides any other train setting.
 
 FLOP estimate (see `step_flops` and benchmarks/README.md): matrix-multiply work only, on the tokens the encoder
 actually processes (each length bucket padded to its own longest row; one group padded to the batch's longest row
@@ -34,15 +35,16 @@ from typing import Any, Iterator
 
 import torch
 
-from mclrec.config import load_params, resolve_run
+from mclrec.config import load_params, parse_overrides, resolve_run
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
 from mclrec.training.batches import Instances, SameTargetIndex, batch_indices, eval_instances, training_instances
-from mclrec.training.objectives import Batch, build_parts, make_batch, uses_augmenters
+from mclrec.training.objectives import Batch, contrasts_views, build_parts, make_batch, uses_augmenters
 from mclrec.training.trainer import Optimisers, resolve_device, train_step
 
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
+NAIVE = {"length_buckets": [], "batch_views": False}
 RATIO_TARGET = 3.0
 EVAL_TARGET_S = 5.0
 
@@ -128,23 +130,27 @@ def step_flops(cfg: dict, batch: Batch, n_items: int) -> dict[str, float]:
     """
     buckets, hidden = tuple(cfg["length_buckets"]), cfg["hidden_size"]
 
-    def forward(lengths: torch.Tensor) -> float:
-        return encoder_forward_flops(encoder_groups(lengths, buckets), hidden, cfg["inner_size"], cfg["n_layers"])
+    def forward(*lengths: torch.Tensor) -> float:
+        """Encoder forward work for these row groups: one call on all of them with batch_views, else one each."""
+        calls = [torch.cat(lengths)] if cfg["batch_views"] else lengths
+        return sum(encoder_forward_flops(encoder_groups(c, buckets), hidden, cfg["inner_size"], cfg["n_layers"])
+                   for c in calls)
 
     rows = len(batch.lengths)
     softmax = 2 * rows * hidden * (n_items + 1)
     similarity = 2 * (2 * rows) ** 2 * hidden
-    passes, n_sims, views, aug_sims = forward(batch.lengths), 0, 0.0, 0
+    inputs, n_sims, views, aug_sims = [batch.lengths], 0, 0.0, 0
     if cfg["model"] == "duorec" and cfg["lambda_sem"] > 0:
-        passes += forward(batch.lengths) + forward(batch.partner[1])
+        inputs += [batch.lengths, batch.partner[1]]
         n_sims += 1
-    if cfg["model"] in ("cl4srec", "mclrec"):
-        views = forward(batch.view1[1]) + forward(batch.view2[1])
-        passes += views
+    if contrasts_views(cfg):
+        views = forward(batch.view1[1], batch.view2[1])
+        inputs += [batch.view1[1], batch.view2[1]]
         n_sims += 1 if cfg["lambda_cl1"] > 0 else 0
     if uses_augmenters(cfg):
         aug_sims = 3 + (3 if cfg["reg"] else 0)
         n_sims += aug_sims
+    passes = forward(*inputs)
     update = 3 * (passes + softmax + n_sims * similarity)
     total = update
     if uses_augmenters(cfg) and cfg["schedule"] != "joint":
@@ -169,7 +175,7 @@ def eval_flops(cfg: dict, instances: Instances, batch_size: int, n_items: int) -
 
 def encoder_passes(cfg: dict) -> str:
     """Encoder forwards per batch: with autograd, and without (MCLRec's augmenter step)."""
-    grad = 1 + (2 if cfg["model"] in ("cl4srec", "mclrec") else 0)
+    grad = 1 + (2 if contrasts_views(cfg) else 0)
     grad += 2 if cfg["model"] == "duorec" and cfg["lambda_sem"] > 0 else 0
     no_grad = 0
     if uses_augmenters(cfg) and cfg["schedule"] != "joint":
@@ -260,7 +266,7 @@ def summarise_variant(run: VariantRun, samples: list[tuple[float, float, Batch]]
     per_batch = statistics.median(total)
     return {
         "variant": cfg["variant"], "model": cfg["model"], "schedule": cfg["schedule"],
-        "length_buckets": list(cfg["length_buckets"]), "updates_per_batch": updates_per_batch(cfg),
+        "length_buckets": list(cfg["length_buckets"]), "batch_views": cfg["batch_views"], "updates_per_batch": updates_per_batch(cfg),
         "encoder_passes": encoder_passes(cfg), "prep_s": statistics.median(prep), "step_s": statistics.median(step),
         "batch_s": per_batch, "batch_s_min": min(total), "batch_s_max": max(total), "batch_s_all": total,
         "batches_per_epoch": n_batches, "epoch_s": per_batch * n_batches,
@@ -342,8 +348,8 @@ def machine_header(device: torch.device, data: ProcessedData, train: Instances, 
         "mean_instance_length": float(lengths.mean()),
         "full_length_share": float((lengths >= data.max_len).float().mean()),
         "max_len": data.max_len,
-        "path": ("naive (length_buckets=[] for every variant)" if naive
-                 else "bucketed (length_buckets from params.yaml)"),
+        "path": ("naive (length_buckets=[], batch_views=false for every variant)" if naive
+                 else "optimised (length_buckets and batch_views from params.yaml)"),
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "batches_timed": args.batches,
         "warmup_batches": args.warmup,
@@ -433,7 +439,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up batches per variant")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--naive", action="store_true", help="length_buckets=[] for every variant (padded reference)")
+    parser.add_argument("--naive", action="store_true",
+                        help="length_buckets=[] and batch_views=false for every variant (the unoptimised reference)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a train setting for every variant (repeatable), as `mclrec train --set`")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: params num_threads, else torch's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--batch-size", type=int, help="override the training batch size (default: params.yaml's)")
@@ -454,7 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the Markdown report and return (and optionally save) all numbers."""
     args = parse_args(argv)
     params = load_params(args.params)
-    overrides: dict[str, Any] = {"length_buckets": []} if args.naive else {}
+    overrides: dict[str, Any] = dict(NAIVE) if args.naive else {}
+    overrides.update(parse_overrides(args.overrides))
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     cfgs = [resolve_run(params, args.dataset, v, overrides) for v in args.variants]

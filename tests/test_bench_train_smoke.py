@@ -54,12 +54,13 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
         assert sum(line.startswith(f"| {variant} |") for line in lines) == 1, variant
     assert lines[-2].startswith("mclrec/sasrec epoch ratio: ") and lines[-2].endswith("(target <= 3)")
     assert lines[-1].startswith("eval seconds: ") and lines[-1].endswith("(target < 5 s on CPU)")
-    assert any(("naive" if naive else "bucketed") in line for line in lines if line.startswith("- encoder path"))
+    assert any(("naive" if naive else "optimised") in line for line in lines if line.startswith("- encoder path"))
 
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["variant"] for r in saved["variants"]] == list(VARIANTS)
     buckets = {tuple(r["length_buckets"]) for r in saved["variants"]}
     assert buckets == ({()} if naive else {(8, 16, 32)})
+    assert {r["batch_views"] for r in saved["variants"]} == {not naive}
     for row in saved["variants"]:
         assert row["batch_s"] > 0 and row["epoch_s"] == pytest.approx(row["batch_s"] * row["batches_per_epoch"])
     assert saved["summary"]["mclrec_sasrec_epoch_ratio"] == pytest.approx(
@@ -76,9 +77,10 @@ def test_flop_groups_mirror_the_encoder():
     assert bench.encoder_groups(torch.tensor([2, 5]), (8, 16, 32)) == [(2, 5)]
 
 
-def test_sasrec_step_flops_by_hand():
+@pytest.mark.parametrize("batch_views", [True, False])
+def test_sasrec_step_flops_by_hand(batch_views):
     bench = load_bench()
-    cfg = {"model": "sasrec", "length_buckets": [8, 16, 32], "hidden_size": 64, "inner_size": 256, "n_layers": 2,
+    cfg = {"model": "sasrec", "length_buckets": [8, 16, 32], "batch_views": batch_views, "hidden_size": 64, "inner_size": 256, "n_layers": 2,
            "lambda_sem": 0.1, "lambda_cl1": 0.1, "cl2": True, "reg": True, "schedule": "meta"}
     lengths = torch.tensor([3, 5, 40])
     batch = bench.Batch(torch.zeros(3, 40, dtype=torch.long), lengths, torch.ones(3, dtype=torch.long))

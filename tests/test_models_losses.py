@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mclrec.models.losses import (bpr_loss, cl2_loss, contrast, info_nce, margin_regulariser, rec_ce_loss, reg_loss,
+from mclrec.models.losses import (bpr_loss, cl2_loss, info_nce, margin_regulariser, pair_scores, rec_ce_loss, reg_loss,
                                   sample_negatives)
 
 
@@ -60,13 +60,15 @@ def test_cl2_and_reg_match_loops(seed):
     assert reg_loss(h1, h2, z1, z2).item() == pytest.approx(expected_reg, abs=1e-5)
 
 
-def test_contrast_splits_positives_and_negatives():
+def test_pair_scores_positives_and_excluded_columns():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
-    pos, neg = contrast(a, b)
+    sim, pos, excluded = pair_scores(a, b)
     # z = [a0, a1, b0, b1]; partners 0<->2, 1<->3
     assert pos.tolist() == [3.0, 8.0, 3.0, 8.0]
-    assert neg.tolist() == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    assert excluded.tolist() == [[True, False, True, False], [False, True, False, True],
+                                 [True, False, True, False], [False, True, False, True]]
+    assert sim[~excluded].tolist() == [0.0] * 8
 
 
 def test_info_nce_hand_computed():

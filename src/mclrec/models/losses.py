@@ -7,48 +7,75 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def contrast(a: Tensor, b: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Positive and negative dot-product scores of the 2B views cat(a, b) (Eq. 8, Eq. 11).
+def pair_scores(a: Tensor, b: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Dot-product scores of the 2B views cat(a, b) (Eq. 8, Eq. 11): sim [2B, 2B], positives [2B], excluded [2B, 2B].
 
-    Row i's positive is its partner view (i + B or i - B); its negatives are the other 2B - 2 rows (self and
-    partner excluded). Returns pos [2B] and neg [2B, 2B-2] (negatives in column order).
+    Row i's positive is its partner view (i + B or i - B); its negatives are the other 2B - 2 columns, i.e. every
+    column except those marked in `excluded` (itself and its partner).
     """
-    n = 2 * a.shape[0]
+    half = a.shape[0]
     z = torch.cat([a, b], dim=0)
     sim = z @ z.T / temperature
-    rows = torch.arange(n, device=z.device)
-    partner = (rows + n // 2) % n
-    is_negative = torch.ones(n, n, dtype=torch.bool, device=z.device)
-    is_negative[rows, rows] = False
-    is_negative[rows, partner] = False
-    return sim[rows, partner], sim[is_negative].view(n, n - 2)
+    pos = torch.cat([sim.diagonal(half), sim.diagonal(-half)])
+    itself = torch.eye(2 * half, dtype=torch.bool, device=z.device)
+    return sim, pos, itself | itself.roll(half, dims=1)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float = 1.0) -> Tensor:
-    """L_con(a, b) (Eq. 8): cross-entropy of each row's positive against its 2B-2 negatives, mean over 2B rows."""
-    pos, neg = contrast(a, b, temperature)
-    logits = torch.cat([pos[:, None], neg], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+    """L_con(a, b) (Eq. 8): cross-entropy of each row's positive against its 2B-2 negatives, mean over 2B rows.
+
+    The softmax of row i runs over every column but i (its positive and negatives), so the loss is
+    logsumexp over those columns minus the positive score.
+    """
+    sim, pos, _ = pair_scores(a, b, temperature)
+    return nce_from_scores(sim, pos)
+
+
+def nce_from_scores(sim: Tensor, pos: Tensor) -> Tensor:
+    """info_nce given pair_scores' sim and positives."""
+    itself = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    return (torch.logsumexp(sim.masked_fill(itself, -torch.inf), dim=1) - pos).mean()
+
+
+def cl2_and_reg(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor, with_reg: bool = True) -> tuple[Tensor, Tensor | None]:
+    """L_cl2 (Eq. 9) and, if asked, R summed over the same three pairs (h1, z2), (h2, z1), (z1, z2).
+
+    Each pair's score matrix is computed once and shared by both losses.
+    """
+    cl2: Tensor | float = 0.0
+    reg: Tensor | float = 0.0
+    for a, b in ((h1, z2), (h2, z1), (z1, z2)):
+        sim, pos, excluded = pair_scores(a, b)
+        cl2 = cl2 + nce_from_scores(sim, pos)
+        if with_reg:
+            reg = reg + margin_from_scores(sim, pos, excluded)
+    return cl2, (reg if with_reg else None)
 
 
 def cl2_loss(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
-    """L_cl2 = L_con(z1, z2) + L_con(h1, z2) + L_con(h2, z1) (Eq. 9)."""
-    return info_nce(h1, z2) + info_nce(h2, z1) + info_nce(z1, z2)
+    """L_cl2 = L_con(h1, z2) + L_con(h2, z1) + L_con(z1, z2) (Eq. 9)."""
+    return cl2_and_reg(h1, h2, z1, z2, with_reg=False)[0]
 
 
 def margin_regulariser(a: Tensor, b: Tensor) -> Tensor:
     """Contrastive regularisation R for one view pair (Eq. 11-13), as the published code computes it.
 
-    sigma+, sigma- = contrast(a, b) (Eq. 11), row by row over the 2B rows: one positive and 2B-2 negatives each.
+    sigma+, sigma- = pair_scores(a, b) (Eq. 11), row by row over the 2B rows: one positive and 2B-2 negatives each.
     Per row, o_min = min(min(sigma+), max(sigma-)) and o_max = max(min(sigma+), max(sigma-)) (Eq. 12); they are not
     detached, so gradients also flow through the selected min/max scores. R = mean over the 2B positives of
     [sigma+ - o_min]_+ plus mean over the 2B(2B-2) negatives of [o_max - sigma-]_+ (Eq. 13).
     """
-    pos, neg = contrast(a, b)
-    hardest_neg = neg.max(dim=1).values
+    return margin_from_scores(*pair_scores(a, b))
+
+
+def margin_from_scores(sim: Tensor, pos: Tensor, excluded: Tensor) -> Tensor:
+    """margin_regulariser given pair_scores' outputs."""
+    n = len(sim)
+    hardest_neg = sim.masked_fill(excluded, -torch.inf).max(dim=1).values
     o_min = torch.minimum(pos, hardest_neg)
     o_max = torch.maximum(pos, hardest_neg)
-    return F.relu(pos - o_min).mean() + F.relu(o_max[:, None] - neg).mean()
+    neg_terms = F.relu(o_max[:, None] - sim).masked_fill(excluded, 0.0)
+    return F.relu(pos - o_min).mean() + neg_terms.sum() / (n * (n - 2))
 
 
 def reg_loss(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:

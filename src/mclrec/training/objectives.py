@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mclrec.models.augment import two_views
 from mclrec.models.augmenters import build_augmenter
 from mclrec.models.encoder import SASRecEncoder
-from mclrec.models.losses import bpr_loss, cl2_loss, info_nce, rec_ce_loss, reg_loss, sample_negatives
+from mclrec.models.losses import bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
 
 
 @dataclass
@@ -112,20 +113,42 @@ def _rec_loss(cfg: dict, encoder: SASRecEncoder, h: Tensor, targets: Tensor, gen
     return rec_ce_loss(h, encoder.item_weights(), targets)
 
 
+def contrasts_views(cfg: dict) -> bool:
+    """Whether the encoder loss uses the two stochastic views (L_cl1 on, or MCLRec's augmenters)."""
+    return cfg["model"] in ("cl4srec", "mclrec") and (cfg["lambda_cl1"] > 0 or uses_augmenters(cfg))
+
+
+def encode_views(cfg: dict, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
+    """Encode several (seq, lengths) batches; with `batch_views` in one call on their concatenation (right-padded).
+
+    Rows never interact in the encoder, so one call gives each row the same function as separate calls; only the
+    order in which dropout masks are drawn differs (masks are i.i.d., so the training process has the same law).
+    """
+    if not cfg["batch_views"] or len(views) == 1:
+        return [encoder(seq, lengths) for seq, lengths in views]
+    width = max(seq.shape[1] for seq, _ in views)
+    seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
+    h = encoder(torch.cat(seqs), torch.cat([lengths for _, lengths in views]))
+    return list(h.split([len(seq) for seq, _ in views]))
+
+
 def encoder_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss the encoder minimises, and its components (unweighted) for logging."""
     enc = parts.encoder
-    h = enc(batch.seq, batch.lengths)
+    model = cfg["model"]
+    inputs = (batch.seq, batch.lengths)
+    if model == "duorec" and cfg["lambda_sem"] > 0:
+        h, h_drop, h_sem = encode_views(cfg, enc, inputs, inputs, batch.partner)
+    elif contrasts_views(cfg):
+        h, h1, h2 = encode_views(cfg, enc, inputs, batch.view1, batch.view2)
+    else:
+        (h,) = encode_views(cfg, enc, inputs)
     terms = {"rec": _rec_loss(cfg, enc, h, batch.targets, generator)}
     total = terms["rec"]
-    model = cfg["model"]
     if model == "duorec" and cfg["lambda_sem"] > 0:
-        h_drop = enc(batch.seq, batch.lengths)
-        h_sem = enc(*batch.partner)
         terms["sem"] = info_nce(h_drop, h_sem, cfg["temperature"])
         total = total + cfg["lambda_sem"] * terms["sem"]
-    if model in ("cl4srec", "mclrec"):
-        h1, h2 = enc(*batch.view1), enc(*batch.view2)
+    if contrasts_views(cfg):
         if cfg["lambda_cl1"] > 0:
             terms["cl1"] = info_nce(h1, h2, cfg["temperature"])
             total = total + cfg["lambda_cl1"] * terms["cl1"]
@@ -139,16 +162,17 @@ def encoder_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Ge
 def augmenter_loss(cfg: dict, parts: ModelParts, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
     """L_cl2 + reg_weight * R for the augmenter step; the encoder runs without autograd."""
     with torch.no_grad():
-        h1, h2 = parts.encoder(*batch.view1), parts.encoder(*batch.view2)
+        h1, h2 = encode_views(cfg, parts.encoder, batch.view1, batch.view2)
     return _augmented_terms(cfg, parts, h1, h2)
 
 
 def _augmented_terms(cfg: dict, parts: ModelParts, h1: Tensor, h2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """L_cl2 (Eq. 9-10) plus the weighted regulariser R (Eq. 11-13) on z1 = w1(h1), z2 = w2(h2)."""
     z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
-    terms = {"cl2": cl2_loss(h1, h2, z1, z2)}
-    total = terms["cl2"]
-    if cfg["reg"]:
-        terms["reg"] = reg_loss(h1, h2, z1, z2)
-        total = total + cfg["reg_weight"] * terms["reg"]
+    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg["reg"])
+    terms = {"cl2": cl2}
+    total = cl2
+    if reg is not None:
+        terms["reg"] = reg
+        total = total + cfg["reg_weight"] * reg
     return total, terms

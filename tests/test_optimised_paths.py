@@ -1,0 +1,55 @@
+"""The optimised training path (length buckets, views in one encoder call) against the naive reference path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mclrec.evaluation.evaluate import evaluate_checkpoint
+from mclrec.training.objectives import build_parts, encode_views
+from mclrec.training.trainer import train
+
+NAIVE = {"length_buckets": [], "batch_views": False}
+NO_DROPOUT = {"hidden_dropout": 0.0, "attn_dropout": 0.0}
+
+
+def _log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
+    cfg = run_cfg("mclrec", **NO_DROPOUT)
+    encoder = build_parts(cfg, tiny.n_items).encoder.eval()
+    g = torch.Generator().manual_seed(0)
+    views = []
+    for width in (20, 13, 7):  # widths differ, as DuoRec's partner rows may
+        lengths = torch.randint(1, width + 1, (33,), generator=g)
+        seq = torch.randint(1, tiny.n_items + 1, (33, width), generator=g)
+        seq[torch.arange(width)[None, :] >= lengths[:, None]] = 0
+        views.append((seq, lengths))
+    together = encode_views(cfg, encoder, *views)
+    apart = encode_views({**cfg, **NAIVE}, encoder, *views)
+    for a, b in zip(together, apart):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["mclrec", "duorec"])
+def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant):
+    """Without dropout (whose random stream the paths draw differently) both paths give the same run."""
+    for name, extra in (("fast", {}), ("naive", NAIVE)):
+        train(run_cfg(variant, max_epochs=2, batch_size=128, **NO_DROPOUT, **extra), tiny, tmp_path / name, progress=False)
+    fast, naive = _log(tmp_path / "fast"), _log(tmp_path / "naive")
+    assert len(fast) == len(naive) == 2
+    one_user = 1.0 / tiny.n_users
+    for a, b in zip(fast, naive):
+        assert a["loss"].keys() == b["loss"].keys()
+        for key in a["loss"]:
+            assert a["loss"][key] == pytest.approx(b["loss"][key], rel=1e-4), key
+        for key in a["valid"]:
+            assert a["valid"][key] == pytest.approx(b["valid"][key], abs=one_user), key
+    test_fast = evaluate_checkpoint(tiny, tmp_path / "fast" / "best.pt", device="cpu")[0]["metrics"]["test"]
+    test_naive = evaluate_checkpoint(tiny, tmp_path / "naive" / "best.pt", device="cpu")[0]["metrics"]["test"]
+    for key in test_fast:
+        assert test_fast[key] == pytest.approx(test_naive[key], abs=one_user), key
