@@ -266,7 +266,8 @@ def summarise_variant(run: VariantRun, samples: list[tuple[float, float, Batch]]
     per_batch = statistics.median(total)
     return {
         "variant": cfg["variant"], "model": cfg["model"], "schedule": cfg["schedule"],
-        "length_buckets": list(cfg["length_buckets"]), "batch_views": cfg["batch_views"], "updates_per_batch": updates_per_batch(cfg),
+        "length_buckets": list(cfg["length_buckets"]), "batch_views": cfg["batch_views"],
+        "updates_per_batch": updates_per_batch(cfg),
         "encoder_passes": encoder_passes(cfg), "prep_s": statistics.median(prep), "step_s": statistics.median(step),
         "batch_s": per_batch, "batch_s_min": min(total), "batch_s_max": max(total), "batch_s_all": total,
         "batches_per_epoch": n_batches, "epoch_s": per_batch * n_batches,
