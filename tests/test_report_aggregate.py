@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mclrec.report.aggregate import aggregate_seeds, load_index, load_ranks, summarise, write_aggregate
+from mclrec.report.aggregate import aggregate_seeds, load_index, load_ranks, seed_paths, summarise, write_aggregate
 
 T_975_DF2 = 4.302652729749462  # Student t quantile 0.975 with 2 degrees of freedom (tables: 4.303)
 
@@ -85,6 +85,13 @@ def test_write_aggregate_keeps_the_single_run_schema(tmp_path):
     assert load_ranks(out).tolist() == [[0, 5, 30], [1, 5, 40]]
     assert load_ranks(paths[0]).tolist() == [0, 5, 30]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_aggregate_without_seed_ranks_writes_no_ranks(tmp_path):
+    paths = write_seeds(tmp_path, [run(0, 0.1, 0.1), run(2, 0.2, 0.1)])
+    assert seed_paths(tmp_path / "beauty" / "mclrec", [0, 2]) == paths
+    write_aggregate(paths, tmp_path / "agg" / "mclrec.json")
+    assert load_ranks(tmp_path / "agg" / "mclrec.json") is None and (tmp_path / "agg" / "mclrec.json").is_file()
 
 
 def test_aggregating_different_variants_or_repeated_seeds_fails(tmp_path):

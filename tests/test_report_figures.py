@@ -38,12 +38,16 @@ def placeholders(monkeypatch) -> list:
     return calls
 
 
-def test_training_curves(tmp_path, placeholders):
-    log = [{"epoch": e, "loss": {"rec": 9 - e, "cl1": 1 / e, "cl2": 0.5}, "valid": {"MRR@10": 0.01 * e - 0.002 * (e == 3)},
-            "epoch_seconds": 1.0, "eval_seconds": 0.1} for e in range(1, 5)]
-    figures.plot_training_curves(log, "beauty / mclrec", tmp_path / "curves.png")
-    assert_png(tmp_path / "curves.png")
-    figures.plot_training_curves([], "beauty / mclrec", tmp_path / "empty.png")
+def test_training_curves_overlay_seeds(tmp_path, placeholders):
+    log = lambda shift: [{"epoch": e, "loss": {"rec": 9 - e + shift, "cl1": 1 / e, "cl2": 0.5},  # noqa: E731
+                          "valid": {"MRR@10": 0.01 * e - 0.002 * (e == 3) + shift / 100}, "epoch_seconds": 1.0}
+                         for e in range(1, 5)]
+    other = [{"epoch": 1, "loss": {"rec": 1, "reg": 2}}]
+    assert figures.loss_components([log(0), other]) == ["rec", "cl1", "cl2", "reg"]
+    runs = {"seed 0": log(0), "seed 1": log(1), "seed 2": []}
+    figures.plot_training_curves(runs, "beauty / mclrec", tmp_path / "c.png")
+    assert_png(tmp_path / "c.png")
+    figures.plot_training_curves({"seed 0": []}, "beauty / mclrec", tmp_path / "empty.png")
     assert_png(tmp_path / "empty.png")
     assert placeholders == [tmp_path / "empty.png"]
 

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -27,10 +28,12 @@ def test_dry_runs_plan_the_paper_targets(project):
     assert table3["download"] == 3 and table3["preprocess"] == 3
     table4 = _job_counts(project, "results/tables/table4.md")
     assert table4["train_seed"] == 5 * 3 * 3
-    grid = _job_counts(project, "results/figures/grid.png")
-    assert grid["train_grid"] == 5 * 5 * 3 * 3 and grid["aggregate_grid"] == 5 * 5 * 3
+    grid = _job_counts(project, "results/figures/grid-beauty.png")
+    assert grid["train_grid"] == 5 * 5 * 3 and grid["aggregate_grid"] == 5 * 5 and grid["dataset_figure"] == 1
     report = _job_counts(project, "results/report.md")
-    assert report["train_seed"] == 12 * 3 * 3 and report["figure"] == 4 + 2 * 3 and report["report"] == 1
+    assert report["train_seed"] == 13 * 3 * 3 and report["aggregate_seeds"] == 13 * 3 and report["curves"] == 13 * 3
+    assert report["train_grid"] == 5 * 5 * 3 * 3 and report["figure"] == 2 and report["dataset_figure"] == 3 * 3
+    assert report["table"] == 2 and report["report"] == 1
 
 
 def test_slurm_profile_parses_and_plans(project):
@@ -41,8 +44,10 @@ def test_slurm_profile_parses_and_plans(project):
 def test_ci_sized_study_renders_the_report(tmp_path):
     work = _project_copy(tmp_path)
     params = yaml.safe_load((work / "params.yaml").read_text())
+    params["variants"] = {v: params["variants"][v] for v in ("sasrec", "mclrec")}
+    params["train"]["num_threads"] = 1  # two trainings at once on a 2-core runner: no thread oversubscription
     params["study"] = {
-        "seeds": 2, "datasets": ["synthetic"], "table3": ["sasrec", "mclrec"], "table4": ["mclrec"],
+        "seeds": [0, 1], "datasets": ["synthetic"], "table3": ["sasrec", "mclrec"], "table4": ["mclrec"],
         "joint_vs_meta": ["mclrec"], "batch_sizes": {"128": "mclrec"}, "robustness": ["sasrec", "mclrec"],
         "noise": [0.1, 0.3], "grid": {"lambdas": [0.1], "betas": [0.05]},
     }
@@ -50,11 +55,18 @@ def test_ci_sized_study_renders_the_report(tmp_path):
     _run(["snakemake", "--cores", "2", "results/report.md"], work)
     report = (work / "results/report.md").read_text()
     assert "Table 3" in report and "| mclrec |" in report.replace("**", "")
-    assert "figures/noise-synthetic.png" in report and "## Environment" in report
-    aggregate = json.loads((work / "results/synthetic/mclrec/aggregate.json").read_text())
+    assert "figures/noise-synthetic.png" in report and "figures/curves/synthetic/sasrec.png" in report
+    assert "## Environment" in report and "Seeds per run: 2 (0, 1)" in report
+    aggregate = json.loads((work / "results/aggregate/synthetic/mclrec.json").read_text())
     assert aggregate["n_seeds"] == 2 and aggregate["seeds"] == [0, 1]
     assert set(aggregate["noise"]) == {"0.1", "0.3"} and set(aggregate["groups"]) <= {"=5", "6-8", ">8"}
-    for name in ("joint_vs_meta", "batch_sizes", "grid", "curves", "noise-synthetic", "groups-synthetic"):
+    assert np.load(work / "results/aggregate/synthetic/mclrec.ranks.npy").shape[0] == 2
+    figures = ["joint_vs_meta", "batch_sizes", "noise-synthetic", "groups-synthetic", "grid-synthetic",
+               "curves/synthetic/sasrec", "curves/synthetic/mclrec"]
+    for name in figures:
         assert (work / f"results/figures/{name}.png").stat().st_size > 1000
     csv = (work / "results/tables/table3.csv").read_text()
     assert "mclrec" in csv and "synthetic" in csv
+    _run(["snakemake", "--cores", "1", "--report", "results/report.html", "results/report.md"], work)
+    html = (work / "results/report.html").read_text(errors="replace")
+    assert "noise-synthetic.png" in html and "Training curves" in html and "table3.csv" in html

@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,13 @@ from mclrec import config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("download", "preprocess")
+STUDY_STAGES = ("train_seed", "evaluate_seed", "train_grid", "evaluate_grid", "aggregate_seeds", "aggregate_grid",
+                "table", "figure", "dataset_figure", "curves", "report")
+PROXY_DEPS = ("curves",)  # dvc.yaml: depends on the seed results, not on models/<d>/<v> (see the comment there)
 
 
 def snakemake_jobs(*targets: str) -> list[dict]:
-    """Parse `snakemake -n -p --forceall` into jobs: rule, wildcards, outputs and shell command."""
+    """Parse `snakemake -n -p --forceall` into jobs: rule, wildcards, inputs, outputs and shell command."""
     proc = subprocess.run(
         ["snakemake", "-n", "-p", "--forceall", "--cores", "1", *targets],
         cwd=ROOT, capture_output=True, text=True, check=True,
@@ -28,21 +32,44 @@ def snakemake_jobs(*targets: str) -> list[dict]:
         jobs.append({
             "rule": head.group(1),
             "wildcards": dict(kv.split("=", 1) for kv in fields.get("wildcards", "").split(", ") if kv),
+            "inputs": set(fields.get("input", "").split(", ")) - {""},
             "outputs": set(fields.get("output", "").split(", ")) - {""},
             "cmd": re.sub(r" 2> \S+$", "", command.group(1)) if command else None,
         })
     return jobs
 
 
+@lru_cache(maxsize=1)
 def dvc_stages() -> dict[str, dict]:
-    """dvc.yaml's stages, foreach-expanded, as name@key -> cmd and outputs (outs + metrics)."""
+    """dvc.yaml's stages, foreach/matrix-expanded, as name@key -> cmd, outputs (outs, metrics, plots) and file deps."""
+    from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
         return {
-            stage.addressing: {"cmd": stage.cmd, "outputs": {str(out.def_path) for out in stage.outs}}
+            stage.addressing: {
+                "cmd": stage.cmd,
+                "outputs": {str(out.def_path) for out in stage.outs},
+                "deps": {str(dep.def_path) for dep in stage.deps if not isinstance(dep, ParamsDependency)},
+            }
             for stage in repo.index.stages
         }
+
+
+def stage_name(job: dict) -> str:
+    """The DVC stage of a Snakemake job: the rule name, then its wildcard values joined as dvc.yaml's matrix does."""
+    return "@".join([job["rule"], "-".join(job["wildcards"].values())]) if job["wildcards"] else job["rule"]
+
+
+def covered(path: str, deps: set[str]) -> bool:
+    """Whether `path` is one of `deps` or lies inside one of them (a folder dependency)."""
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.fixture(scope="module")
+def study_jobs() -> list[dict]:
+    """Every job `snakemake results/report.md` plans for the paper study."""
+    return snakemake_jobs("results/report.md")
 
 
 def test_snakemake_and_dvc_declare_the_same_data_stages():
@@ -71,6 +98,30 @@ def test_snakemake_and_dvc_declare_the_same_model_stages():
         assert job["outputs"] == stage["outputs"]
     n_models = len(params["datasets"]) * len(params["variants"])
     assert sum(name.split("@")[0] in ("train", "evaluate") for name in stages) == 2 * n_models
+
+
+def test_snakemake_and_dvc_declare_the_same_study_stages(study_jobs):
+    stages = dvc_stages()
+    jobs = [j for j in study_jobs if j["rule"] in STUDY_STAGES]
+    for job in jobs:
+        stage = stages[stage_name(job)]
+        assert job["cmd"] == stage["cmd"], stage_name(job)
+        assert job["outputs"] == stage["outputs"], stage_name(job)
+        if job["rule"] not in PROXY_DEPS:
+            assert all(covered(path, stage["deps"]) for path in job["inputs"]), stage_name(job)
+    assert {stage_name(j) for j in jobs} == {name for name in stages if name.split("@")[0] in STUDY_STAGES}
+
+
+def test_study_stage_counts_follow_params(study_jobs):
+    params = config.load_params(ROOT / "params.yaml")
+    study = params["study"]
+    runs = len(study["datasets"]) * len(params["variants"])
+    cells = len(study["datasets"]) * len(study["grid"]["lambdas"]) * len(study["grid"]["betas"])
+    counts = {rule: sum(j["rule"] == rule for j in study_jobs) for rule in STUDY_STAGES}
+    assert counts == {"train_seed": runs * len(study["seeds"]), "evaluate_seed": runs * len(study["seeds"]),
+                      "train_grid": cells * len(study["seeds"]), "evaluate_grid": cells * len(study["seeds"]),
+                      "aggregate_seeds": runs, "aggregate_grid": cells, "table": 2, "figure": 2,
+                      "dataset_figure": 3 * len(study["datasets"]), "curves": runs, "report": 1}
 
 
 def test_dry_run_plans_download_then_preprocess_for_yelp():

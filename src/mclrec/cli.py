@@ -34,10 +34,10 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yam
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn MclrecError into a one-line message on stderr and exit status 1."""
+    """Turn MclrecError and OSError (disk full, permissions; they name the file) into one line on stderr, exit 1."""
     try:
         yield
-    except MclrecError as exc:
+    except (MclrecError, OSError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -143,12 +143,20 @@ def train(
         False, help="Continue from last.pt when its settings match, else start afresh (used by the workflows)."
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    deterministic: bool = typer.Option(
+        False, envvar="MCLREC_DETERMINISTIC",
+        help="Deterministic CUDA kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); slower. "
+             "Env: MCLREC_DETERMINISTIC=1.",
+    ),
 ) -> None:
     """Train one variant on one dataset: best.pt, last.pt, log.jsonl and summary.json in the run folder."""
     from mclrec.data.processed import load_processed
+    from mclrec.training.device import enable_determinism
     from mclrec.training.trainer import train as run_training
 
     with user_errors():
+        if deterministic:
+            enable_determinism()
         overrides = config.parse_overrides(set_)
         for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs)):
             if value is not None:

@@ -3,20 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mclrec.errors import MclrecError
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class WriteError(MclrecError, OSError):
+    """Writing an output failed (disk full, file too large); names the file, whose previous version is untouched."""
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """A WriteError (keeping errno) naming the file `path` whose write raised `exc`."""
+    return WriteError(exc.errno, f"{path}: cannot write ({exc.strerror or exc}); any previous version is unchanged")
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, keep_previous: Optional[str | os.PathLike] = None) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; rename it onto `path` only if the block succeeds.
+
+    Order, so that a kill at any instant leaves a complete `path` or `keep_previous` (never a partial one under
+    either name): (1) the block writes `.<name>.<random>.tmp`, which is fsync'ed; (2) with `keep_previous`, an
+    existing `path` is renamed onto `keep_previous` (replacing the older one); (3) the temp file is renamed onto
+    `path`. A kill after (2) leaves no `path` but a complete `keep_previous`; a failure removes the temp file.
+    Disk-full errors (ENOSPC, EFBIG, EDQUOT) become a WriteError naming `path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,9 +47,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if isinstance(exc, WriteError) or exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        raise write_error(path, exc) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_stale_temps(directory: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Delete temp files that a killed atomic write of one of `names` left in `directory`; return them."""
+    stale = [p for name in names for p in Path(directory).glob(f".{name}.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager

@@ -17,12 +17,12 @@ PROCESSED_FILES = ["train.parquet", "valid.parquet", "test.parquet", "items.parq
 config["study"] = {**study_defaults(), **config.get("study", {})}
 
 DATASETS = list(config["datasets"])
+VARIANTS = list(config["variants"])
 STUDY = config["study"]
 CUDA_AVAILABLE = cuda_available()
-SEEDS = range(STUDY["seeds"])
-FIGURES = ["joint_vs_meta", "batch_sizes", "grid", "curves"] + [
-    f"{kind}-{dataset}" for kind in ("noise", "groups") for dataset in STUDY["datasets"]
-]
+SEEDS = STUDY["seeds"]
+FIGURES = ["joint_vs_meta", "batch_sizes"]
+DATASET_FIGURES = ["noise", "groups", "grid"]
 
 
 wildcard_constraints:
@@ -33,6 +33,7 @@ wildcard_constraints:
     lam="[0-9.]+",
     beta="[0-9.]+",
     figure="|".join(FIGURES),
+    kind="|".join(DATASET_FIGURES),
     filename="[^/]+",
 
 
@@ -61,6 +62,12 @@ def run_settings(wildcards):
     return resolve_run(config, wildcards.dataset, wildcards.variant)
 
 
+def grid_settings(wildcards):
+    """The resolved settings of a lambda x beta grid run (mclrec with lambda_cl1 and beta set)."""
+    cell = {"lambda_cl1": float(wildcards.lam), "beta": float(wildcards.beta)}
+    return resolve_run(config, wildcards.dataset, "mclrec", cell)
+
+
 def all_processed_stats():
     """stats.json of every dataset declared in params.yaml."""
     return expand("data/processed/{dataset}/stats.json", dataset=DATASETS)
@@ -77,20 +84,27 @@ def noise_options(wildcards):
 
 
 def seed_results(wildcards):
-    """The per-seed results an aggregate reads."""
-    return expand("results/{dataset}/{variant}/seed{seed}.json", dataset=wildcards.dataset,
-                  variant=wildcards.variant, seed=SEEDS)
+    """The per-seed results (JSON and test ranks) a study run's aggregate reads."""
+    run = f"results/{wildcards.dataset}/{wildcards.variant}"
+    return expand("{run}/seed{seed}.{ext}", run=run, seed=SEEDS, ext=("json", "ranks.npy"))
 
 
 def grid_seed_results(wildcards):
     """The per-seed results of one grid cell."""
-    return expand("results/{dataset}/grid/l{lam}-b{beta}/seed{seed}.json", dataset=wildcards.dataset,
-                  lam=wildcards.lam, beta=wildcards.beta, seed=SEEDS)
+    run = f"results/{wildcards.dataset}/grid/l{wildcards.lam}-b{wildcards.beta}"
+    return expand("{run}/seed{seed}.{ext}", run=run, seed=SEEDS, ext=("json", "ranks.npy"))
 
 
-def aggregates(variants):
-    """Seed aggregates of `variants` on every study dataset."""
-    return expand("results/{dataset}/{variant}/aggregate.json", dataset=STUDY["datasets"], variant=variants)
+def seed_logs(wildcards):
+    """The training logs of every seed of a study run (its training-curves figure)."""
+    return expand("models/{dataset}/{variant}/seed{seed}/log.jsonl", dataset=wildcards.dataset,
+                  variant=wildcards.variant, seed=SEEDS)
+
+
+def aggregates(variants, datasets=None):
+    """Seed aggregates (JSON and stacked ranks) of `variants` on `datasets` (default: every study dataset)."""
+    return expand("results/aggregate/{dataset}/{variant}.{ext}", dataset=datasets or STUDY["datasets"],
+                  variant=variants, ext=("json", "ranks.npy"))
 
 
 def table_inputs(wildcards):
@@ -99,16 +113,26 @@ def table_inputs(wildcards):
 
 
 def figure_inputs(wildcards):
-    """Aggregates (or logs) a figure needs."""
-    name = wildcards.figure
-    if name == "joint_vs_meta":
+    """Aggregates a cross-dataset figure (Fig. 3, Fig. 4) needs."""
+    if wildcards.figure == "joint_vs_meta":
         return aggregates(STUDY["joint_vs_meta"])
-    if name == "batch_sizes":
-        return aggregates(list(STUDY["batch_sizes"].values()))
-    if name == "grid":
-        return expand("results/{dataset}/grid/l{lam}-b{beta}/aggregate.json", dataset=STUDY["datasets"],
+    return aggregates(list(STUDY["batch_sizes"].values()))
+
+
+def dataset_figure_inputs(wildcards):
+    """Aggregates a per-dataset figure needs: the lambda x beta grid (Fig. 6) or the robustness variants (Figs. 7-8)."""
+    if wildcards.kind == "grid":
+        return expand("results/aggregate/{dataset}/grid/l{lam}-b{beta}.json", dataset=wildcards.dataset,
                       lam=STUDY["grid"]["lambdas"], beta=STUDY["grid"]["betas"])
-    if name == "curves":
-        return expand("models/{dataset}/mclrec/seed0/log.jsonl", dataset=STUDY["datasets"][:1])
-    dataset = name.split("-", 1)[1]
-    return expand("results/{dataset}/{variant}/aggregate.json", dataset=dataset, variant=STUDY["robustness"])
+    return aggregates(STUDY["robustness"], [wildcards.dataset])
+
+
+def report_inputs():
+    """Everything results/report.md shows, plus the aggregates of every study run (what `dvc repro report` builds)."""
+    return {
+        "tables": expand("results/tables/table{number}.{ext}", number=(3, 4), ext=("md", "csv")),
+        "figures": expand("results/figures/{figure}.png", figure=FIGURES)
+        + expand("results/figures/{kind}-{dataset}.png", kind=DATASET_FIGURES, dataset=STUDY["datasets"]),
+        "curves": expand("results/figures/curves/{dataset}/{variant}.png", dataset=STUDY["datasets"], variant=VARIANTS),
+        "aggregates": aggregates(VARIANTS),
+    }

@@ -1,5 +1,9 @@
-# The paper study: seeds per run, seed aggregates, Tables 3-4, Figures 3/4/6/7/8, report.
-# Seed k of a (dataset, variant) trains into models/<d>/<v>/seed<k>/ with seed k.
+# The paper study: every variant x study dataset x seed, seed aggregates, Tables 3-4, Figures 3/4/6/7/8,
+# per-run training curves and the report. Seed k of (dataset, variant) trains into models/<d>/<v>/seed<k>/.
+# dvc.yaml declares the same stages with the same commands and outputs (tests/test_workflow_wiring.py).
+
+
+report: "../report/workflow.rst"
 
 
 rule train_seed:
@@ -31,12 +35,11 @@ rule evaluate_seed:
         results="results/{dataset}/{variant}/seed{seed}.json",
         ranks="results/{dataset}/{variant}/seed{seed}.ranks.npy",
     params:
-        noise=noise_options,
+        noise=STUDY["noise"],
     log:
         "logs/evaluate/{dataset}/{variant}/seed{seed}.log",
     shell:
-        "mclrec evaluate --dataset {wildcards.dataset} --variant {wildcards.variant} --checkpoint {input.best}"
-        " --output {output.results} {params.noise} --groups 2> {log}"
+        "mclrec report evaluate-seed {wildcards.dataset} {wildcards.variant} {wildcards.seed} 2> {log}"
 
 
 rule train_grid:
@@ -46,6 +49,8 @@ rule train_grid:
         best="models/{dataset}/grid/l{lam}-b{beta}/seed{seed}/best.pt",
         summary="models/{dataset}/grid/l{lam}-b{beta}/seed{seed}/summary.json",
         log="models/{dataset}/grid/l{lam}-b{beta}/seed{seed}/log.jsonl",
+    params:
+        settings=grid_settings,
     threads: 2
     resources:
         gpu=gpu_jobs,
@@ -77,20 +82,26 @@ rule aggregate_seeds:
     input:
         seed_results,
     output:
-        "results/{dataset}/{variant}/aggregate.json",
+        json="results/aggregate/{dataset}/{variant}.json",
+        ranks="results/aggregate/{dataset}/{variant}.ranks.npy",
     log:
         "logs/aggregate/{dataset}/{variant}.log",
     shell:
-        "mclrec report aggregate {output} {input} 2> {log}"
+        "mclrec report aggregate results/{wildcards.dataset}/{wildcards.variant}"
+        " results/aggregate/{wildcards.dataset}/{wildcards.variant}.json 2> {log}"
 
 
-use rule aggregate_seeds as aggregate_grid with:
+rule aggregate_grid:
     input:
         grid_seed_results,
     output:
-        "results/{dataset}/grid/l{lam}-b{beta}/aggregate.json",
+        json="results/aggregate/{dataset}/grid/l{lam}-b{beta}.json",
+        ranks="results/aggregate/{dataset}/grid/l{lam}-b{beta}.ranks.npy",
     log:
         "logs/aggregate/{dataset}/grid/l{lam}-b{beta}.log",
+    shell:
+        "mclrec report aggregate results/{wildcards.dataset}/grid/l{wildcards.lam}-b{wildcards.beta}"
+        " results/aggregate/{wildcards.dataset}/grid/l{wildcards.lam}-b{wildcards.beta}.json 2> {log}"
 
 
 rule table:
@@ -98,7 +109,8 @@ rule table:
         table_inputs,
     output:
         md="results/tables/table{number}.md",
-        csv="results/tables/table{number}.csv",
+        csv=report("results/tables/table{number}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "Table {number}"}),
     log:
         "logs/report/table{number}.log",
     shell:
@@ -109,17 +121,42 @@ rule figure:
     input:
         figure_inputs,
     output:
-        "results/figures/{figure}.png",
+        report("results/figures/{figure}.png", caption="../report/figure.rst", category="Figures",
+               subcategory="all datasets", labels={"figure": "{figure}"}),
     log:
         "logs/report/{figure}.log",
     shell:
         "mclrec report figure {wildcards.figure} 2> {log}"
 
 
+rule dataset_figure:
+    input:
+        dataset_figure_inputs,
+    output:
+        report("results/figures/{kind}-{dataset}.png", caption="../report/figure.rst", category="Figures",
+               subcategory="{dataset}", labels={"figure": "{kind}", "dataset": "{dataset}"}),
+    log:
+        "logs/report/{kind}-{dataset}.log",
+    shell:
+        "mclrec report figure {wildcards.kind}-{wildcards.dataset} 2> {log}"
+
+
+rule curves:
+    input:
+        seed_logs,
+    output:
+        report("results/figures/curves/{dataset}/{variant}.png", caption="../report/curves.rst",
+               category="Training curves", subcategory="{dataset}",
+               labels={"dataset": "{dataset}", "variant": "{variant}"}),
+    log:
+        "logs/report/curves/{dataset}/{variant}.log",
+    shell:
+        "mclrec report curves {wildcards.dataset} {wildcards.variant} 2> {log}"
+
+
 rule report:
     input:
-        tables=expand("results/tables/table{number}.{ext}", number=(3, 4), ext=("md", "csv")),
-        figures=expand("results/figures/{figure}.png", figure=FIGURES),
+        **report_inputs(),
     output:
         "results/report.md",
     log:

@@ -102,6 +102,8 @@ def _read_stats(path: Path) -> dict[str, Any]:
         stats = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(stats, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(stats).__name__}")
     for key in ("n_users", "n_items", "n_interactions", "max_len"):
         if not isinstance(stats.get(key), int):
             raise DataError(f"{path}: key {key!r} missing or not an integer")
@@ -109,19 +111,24 @@ def _read_stats(path: Path) -> dict[str, Any]:
 
 
 def _read_split(path: Path) -> Split:
-    """Read one split Parquet file into CSR numpy arrays."""
+    """Read one split Parquet file into CSR numpy arrays; DataError on missing columns or null values."""
     try:
         table = pq.read_table(path)
         inputs = table.column("input").combine_chunks()
+        columns = {"user": table.column("user"), "input": inputs, "input item": inputs.flatten(),
+                   "target": table.column("target")}
         offsets = inputs.offsets.to_numpy().astype(np.int64)
-        return Split(
-            users=table.column("user").to_numpy().astype(np.int64),
-            offsets=offsets - offsets[0],
-            items=inputs.flatten().to_numpy().astype(np.int64),
-            targets=table.column("target").to_numpy().astype(np.int64),
-        )
     except (pa.ArrowException, KeyError, AttributeError) as exc:
         raise DataError(f"{path}: not a valid split table ({exc})") from None
+    nulls = [name for name, column in columns.items() if column.null_count]
+    if nulls:
+        raise DataError(f"{path}: null values in {', '.join(nulls)}")
+    return Split(
+        users=columns["user"].to_numpy().astype(np.int64),
+        offsets=offsets - offsets[0],
+        items=columns["input item"].to_numpy().astype(np.int64),
+        targets=columns["target"].to_numpy().astype(np.int64),
+    )
 
 
 def _validate(directory: Path, data: ProcessedData) -> None:
@@ -136,10 +143,32 @@ def _validate(directory: Path, data: ProcessedData) -> None:
             if ids.size and (ids.min() < 1 or ids.max() > n_items):
                 raise DataError(f"{path}: {what} item ids outside 1..{n_items} (stats.json n_items={n_items})")
     for name, key, expected in (("items", "item", n_items), ("users", "user", n_users)):
-        rows = pq.read_metadata(directory / f"{name}.parquet").num_rows
-        if rows != expected:
-            raise DataError(f"{directory / f'{name}.parquet'}: {rows} rows but stats.json n_{key}s={expected}")
+        _validate_id_table(directory / f"{name}.parquet", key, expected)
     _validate_lengths(directory, data)
+    _validate_chain(directory, data)
+
+
+def _validate_id_table(path: Path, key: str, expected: int) -> None:
+    """items.parquet / users.parquet: exactly `expected` rows whose `key` column is 1..expected in order."""
+    rows = pq.read_metadata(path).num_rows
+    if rows != expected:
+        raise DataError(f"{path}: {rows} rows but stats.json n_{key}s={expected}")
+    try:
+        ids = pq.read_table(path, columns=[key]).column(key).to_numpy()
+    except (pa.ArrowException, KeyError) as exc:
+        raise DataError(f"{path}: no readable integer column {key!r} ({exc})") from None
+    if not np.array_equal(ids, np.arange(1, expected + 1)):
+        raise DataError(f"{path}: column {key!r} is not exactly 1..{expected} in order")
+
+
+def _validate_chain(directory: Path, data: ProcessedData) -> None:
+    """Leave-one-out chaining: each valid input ends with the train target, each test input with the valid target."""
+    for name, previous in (("valid", "train"), ("test", "valid")):
+        split, targets = getattr(data, name), getattr(data, previous).targets
+        wrong = np.flatnonzero(split.items[split.offsets[1:] - 1] != targets) if split.items.size else []
+        if len(wrong):
+            raise DataError(f"{directory / f'{name}.parquet'}: input of user {int(wrong[0]) + 1} does not end with "
+                            f"its {previous}.parquet target (splits from different preprocessing runs?)")
 
 
 def _validate_lengths(directory: Path, data: ProcessedData) -> None:

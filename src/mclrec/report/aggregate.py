@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from mclrec.io import write_json
+from mclrec.io import atomic_open, write_json
 
 Nested = Mapping[str, Mapping[str, float]]
 
@@ -102,11 +102,9 @@ def aggregate_record(records: Sequence[Mapping[str, Any]], paths: Sequence[str |
     return doc
 
 
-def write_aggregate(seed_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> dict[str, Any]:
-    """Aggregate the per-seed results JSONs at `seed_paths` into `out_path` (atomically); return the document."""
-    doc = aggregate_record(load_results(seed_paths), seed_paths)
-    write_json(out_path, doc)
-    return doc
+def seed_paths(run_dir: str | os.PathLike, seeds: Iterable[int]) -> list[Path]:
+    """The per-seed results JSONs `<run_dir>/seed<k>.json` of a study run, in seed order."""
+    return [Path(run_dir) / f"seed{k}.json" for k in seeds]
 
 
 def ranks_path(result_path: str | os.PathLike) -> Path:
@@ -114,21 +112,31 @@ def ranks_path(result_path: str | os.PathLike) -> Path:
     return Path(result_path).with_suffix(".ranks.npy")
 
 
+def stacked_ranks(seed_results: Sequence[str | os.PathLike]) -> np.ndarray | None:
+    """[seeds, users] test ranks of the seed runs; None when any seed has no ranks file."""
+    files = [ranks_path(p) for p in seed_results]
+    return np.stack([np.load(f) for f in files]) if all(f.is_file() for f in files) else None
+
+
+def write_aggregate(seed_results: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> dict[str, Any]:
+    """Aggregate the per-seed results JSONs into `out_path` and their stacked ranks beside it (atomically)."""
+    doc = aggregate_record(load_results(seed_results), seed_results)
+    ranks = stacked_ranks(seed_results)
+    if ranks is not None:
+        with atomic_open(ranks_path(out_path), "wb") as fh:
+            np.save(fh, ranks, allow_pickle=False)
+    write_json(out_path, doc)
+    return doc
+
+
 def load_ranks(result_path: str | os.PathLike) -> np.ndarray | None:
-    """Per-user test ranks: [users] for a run, [seeds, users] for an aggregate (its `runs` paths as stored); None if missing."""
-    path = Path(result_path)
-    if not path.is_file():
-        return None
-    runs = json.loads(path.read_text(encoding="utf-8")).get("runs")
-    files = [ranks_path(r) for r in runs] if runs else [ranks_path(path)]
-    if not all(f.is_file() for f in files):
-        return None
-    arrays = [np.load(f) for f in files]
-    return np.stack(arrays) if runs else arrays[0]
+    """Per-user test ranks beside a results JSON: [users] for a run, [seeds, users] for an aggregate (None: missing)."""
+    path = ranks_path(result_path)
+    return np.load(path) if path.is_file() else None
 
 
 SINGLE_RUN = "{dataset}/{variant}.json"
-SEED_AGGREGATE = "{dataset}/{variant}/aggregate.json"
+SEED_AGGREGATE = "aggregate/{dataset}/{variant}.json"
 
 
 def load_index(results_root: str | os.PathLike, datasets: Sequence[str], variants: Sequence[str],

@@ -1,4 +1,4 @@
-"""`mclrec report ...`: seed aggregates, the paper's tables and figures, and the stitched report."""
+"""`mclrec report ...`: the study's seed evaluation and aggregates, the paper's tables and figures, curves, report."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import typer
 
 from mclrec import config
 
-report_app = typer.Typer(help="Aggregate seeds and render the paper's tables, figures and report.", no_args_is_help=True)
+report_app = typer.Typer(help="The paper study: seed evaluation and aggregates, tables, figures, curves, report.",
+                         no_args_is_help=True)
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 ResultsOpt = typer.Option(Path("results"), help="Results root.")
-FIGURES = ("joint_vs_meta", "batch_sizes", "grid", "curves", "noise-<dataset>", "groups-<dataset>")
+FIGURES = ("joint_vs_meta", "batch_sizes", "noise-<dataset>", "groups-<dataset>", "grid-<dataset>")
+DATASET_FIGURES = {"grid": "Fig. 6: lambda x beta", "noise": "Fig. 7: test-time noise",
+                   "groups": "Fig. 8: sequence length groups"}
+COMMANDS = ["snakemake --cores all results/report.md", "snakemake --report results/report.html results/report.md"]
+ModelsOpt = typer.Option(Path("models"), help="Models root (run folders and training logs).")
 
 
 def _guard():
@@ -23,16 +28,50 @@ def _guard():
     return user_errors()
 
 
-@report_app.command()
-def aggregate(
-    output: Path = typer.Argument(..., help="Aggregate JSON to write."),
-    seed_results: list[Path] = typer.Argument(..., help="Per-seed results JSONs."),
+@report_app.command("evaluate-seed")
+def evaluate_seed(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    variant: str = typer.Argument(..., help="Variant name."),
+    seed: int = typer.Argument(..., help="The run's seed k (models/<dataset>/<variant>/seed<k>/)."),
+    params: Path = ParamsOpt,
+    results: Path = ResultsOpt,
+    models: Path = ModelsOpt,
 ) -> None:
-    """Mean, std and 95% interval over seeds, in the single-run schema (plus *_std, *_ci95)."""
-    from mclrec.report.aggregate import write_aggregate
+    """`mclrec evaluate` of a study run with the study's test-time noise ratios and length groups (Figs. 7, 8)."""
+    from mclrec.cli import app
 
     with _guard():
-        doc = write_aggregate(seed_results, output)
+        noise = config.load_params(params)["study"]["noise"]
+    status = app(evaluate_seed_args(dataset, variant, seed, noise, params, results, models), standalone_mode=False)
+    if status:
+        raise typer.Exit(status)
+
+
+def evaluate_seed_args(dataset: str, variant: str, seed: int, noise: list[float], params: Path, results: Path,
+                       models: Path) -> list[str]:
+    """The `mclrec evaluate` arguments for seed `seed` of a study run (its checkpoint, results path, noise, groups)."""
+    run = Path(dataset) / variant
+    return ["evaluate", "--dataset", dataset, "--variant", variant, "--params", str(params),
+            "--checkpoint", str(models / run / f"seed{seed}" / "best.pt"),
+            "--output", str(results / run / f"seed{seed}.json"), "--groups",
+            *[arg for ratio in noise for arg in ("--noise", str(ratio))]]
+
+
+@report_app.command()
+def aggregate(
+    run_dir: Path = typer.Argument(..., help="Folder of the per-seed results (results/<dataset>/<variant>)."),
+    output: Path = typer.Argument(..., help="Aggregate JSON to write (its stacked ranks go beside it)."),
+    params: Path = ParamsOpt,
+) -> None:
+    """Mean, std and 95% interval over <run_dir>/seed<k>.json, k in study.seeds (single-run schema + *_std, *_ci95)."""
+    from mclrec.report.aggregate import seed_paths, write_aggregate
+
+    with _guard():
+        seeds = seed_paths(run_dir, config.load_params(params)["study"]["seeds"])
+        missing = [str(p) for p in seeds if not p.is_file()]
+        if missing:
+            raise config.ConfigError(f"study.seeds: no results yet for {', '.join(missing)}")
+        doc = write_aggregate(seeds, output)
         typer.echo(f"{output}: {doc['n_seeds']} seeds", err=True)
 
 
@@ -66,10 +105,9 @@ def figure(
     name: str = typer.Argument(..., help=f"One of: {', '.join(FIGURES)}."),
     params: Path = ParamsOpt,
     results: Path = ResultsOpt,
-    models: Path = typer.Option(Path("models"), help="Models root (training logs for the curves)."),
     out: Path = typer.Option(Path("results/figures"), help="Folder for the PNGs."),
 ) -> None:
-    """Render one of the paper's figures (Fig. 3, 4, 6, 7, 8) or the training curves from the study's results."""
+    """Render one of the paper's figures (Fig. 3, 4, 6, 7, 8) from the study's seed aggregates."""
     from mclrec.report import figures
     from mclrec.report.aggregate import SEED_AGGREGATE, load_index
 
@@ -87,10 +125,8 @@ def figure(
         elif name.split("-", 1)[0] in ("noise", "groups") and "-" in name:
             kind, dataset = name.split("-", 1)
             _robustness_figure(kind, dataset, study, results, path)
-        elif name == "grid":
-            _grid_figure(study, results, path)
-        elif name == "curves":
-            _curves_figure(study, models, path)
+        elif name.startswith("grid-"):
+            _grid_figure(name.split("-", 1)[1], study, results, path)
         else:
             raise config.ConfigError(f"unknown figure '{name}'; choose one of: {', '.join(FIGURES)}")
 
@@ -108,29 +144,38 @@ def _robustness_figure(kind: str, dataset: str, study: dict, results: Path, path
         figures.plot_groups(records, path, title=f"{dataset}: NDCG@20 by sequence length")
 
 
-def _grid_figure(study: dict, results: Path, path: Path) -> None:
-    """Fig. 6: the lambda x beta heat map of the first study dataset (all datasets: grid-<dataset>.png)."""
+def _grid_figure(dataset: str, study: dict, results: Path, path: Path) -> None:
+    """Fig. 6: the lambda x beta heat map of `dataset` from its grid aggregates."""
     from mclrec.report import figures
 
     grid = study["grid"]
-    for i, dataset in enumerate(study["datasets"]):
-        records = [json.loads(p.read_text()) for p in sorted((results / dataset / "grid").glob("*/aggregate.json"))]
-        values = figures.grid_values(records, grid["lambdas"], grid["betas"], "NDCG@20")
-        target = path if i == 0 else path.with_name(f"grid-{dataset}.png")
-        figures.plot_grid(values, grid["lambdas"], grid["betas"], target, "NDCG@20", title=f"{dataset}: NDCG@20")
+    records = [json.loads(p.read_text()) for p in sorted((results / "aggregate" / dataset / "grid").glob("*.json"))]
+    values = figures.grid_values(records, grid["lambdas"], grid["betas"], "NDCG@20")
+    figures.plot_grid(values, grid["lambdas"], grid["betas"], path, "NDCG@20", title=f"{dataset}: NDCG@20")
 
 
-def _curves_figure(study: dict, models: Path, path: Path) -> None:
-    """Training curves (loss components, validation MRR@10) of mclrec, seed 0, on the first study dataset."""
+def read_log(path: Path) -> list[dict]:
+    """The epoch records of a training log (log.jsonl); [] when the file is missing."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@report_app.command()
+def curves(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    variant: str = typer.Argument(..., help="Variant name."),
+    params: Path = ParamsOpt,
+    models: Path = ModelsOpt,
+    out: Path = typer.Option(Path("results/figures/curves"), help="Folder for <dataset>/<variant>.png."),
+) -> None:
+    """Training curves of a study run: each loss component and validation MRR@10 by epoch, the seeds overlaid."""
     from mclrec.report import figures
 
-    dataset = study["datasets"][0]
-    log = models / dataset / "mclrec" / "seed0" / "log.jsonl"
-    if not log.is_file():
-        figures.plot_no_runs(path, f"training curves: {log} not found")
-        return
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    figures.plot_training_curves(records, f"{dataset} / mclrec / seed 0", path)
+    with _guard():
+        seeds = config.load_params(params)["study"]["seeds"]
+        runs = {f"seed {k}": read_log(models / dataset / variant / f"seed{k}" / "log.jsonl") for k in seeds}
+        figures.plot_training_curves(runs, f"{dataset} / {variant}: training curves", out / dataset / f"{variant}.png")
 
 
 @report_app.command()
@@ -141,23 +186,32 @@ def render(
     command: Optional[list[str]] = typer.Option(None, help="Commands to list in the report (repeatable)."),
 ) -> None:
     """Stitch tables and figures into results/report.md with the environment and the commands."""
-    from mclrec.report.report import environment_info, figure_link, render_report, write_report
+    from mclrec.report.report import environment_info, render_report, write_report
 
     with _guard():
-        study = config.load_params(params)["study"]
+        params_dict = config.load_params(params)
+        study, datasets = params_dict["study"], params_dict["study"]["datasets"]
         sections = []
         for number, title in ((3, "Table 3: overall comparison"), (4, "Table 4: ablations")):
             md = results / "tables" / f"table{number}.md"
             sections.append((title, md.read_text() if md.is_file() else f"`{md}` not built yet."))
-        figs = [(f"figures/{name}.png", caption) for name, caption in (
-            ("joint_vs_meta", "Fig. 3: joint vs meta"), ("batch_sizes", "Fig. 4: batch size"),
-            ("grid", "Fig. 6: lambda x beta"), ("curves", "Training curves"))]
-        figs += [(f"figures/{kind}-{d}.png", f"Fig. {7 if kind == 'noise' else 8}: {kind}, {d}")
-                 for kind in ("noise", "groups") for d in study["datasets"]]
-        links = [figure_link(results / rel, output, caption) for rel, caption in figs if (results / rel).is_file()]
-        sections.append(("Figures", "\n\n".join(links) or "No figures built yet."))
+        figs = [("figures/joint_vs_meta.png", "Fig. 3: joint vs meta"),
+                ("figures/batch_sizes.png", "Fig. 4: batch size")]
+        figs += [(f"figures/{kind}-{d}.png", f"{title}, {d}")
+                 for kind, title in DATASET_FIGURES.items() for d in datasets]
+        sections.append(("Figures", _figure_links(figs, results, output) or "No figures built yet."))
+        runs = [(f"figures/curves/{d}/{v}.png", f"{d} / {v}") for d in datasets for v in params_dict["variants"]]
+        sections.append(("Training curves", _figure_links(runs, results, output) or "No training curves built yet."))
+        seeds = study["seeds"]
         sections.append(("Notes", "Fig. 8 here evaluates one model per run on each user group (the paper trained "
-                                  "one model per group). Seeds per run: " + str(study["seeds"]) + "."))
-        commands = command or ["snakemake --cores all results/report.md"]
+                                  f"one model per group). Seeds per run: {len(seeds)} ({', '.join(map(str, seeds))})."))
+        commands = command or COMMANDS
         write_report(render_report(sections, environment_info(), commands), output)
 
+
+def _figure_links(figures: list[tuple[str, str]], results: Path, output: Path) -> str:
+    """Markdown images (relative to the report) of the (path under results, caption) entries that exist."""
+    from mclrec.report.report import figure_link
+
+    existing = [(rel, caption) for rel, caption in figures if (results / rel).is_file()]
+    return "\n\n".join(figure_link(results / rel, output, caption) for rel, caption in existing)

@@ -75,26 +75,45 @@ def _mark_empty(ax: Axes) -> None:
     ax.text(0.5, 0.5, NO_RUNS, ha="center", va="center", fontsize=12, color="grey", transform=ax.transAxes)
 
 
-def plot_training_curves(log_records: Sequence[Mapping[str, Any]], title: str, path: str | os.PathLike) -> None:
-    """Two panels by epoch: every loss component, and validation MRR@10 (best epoch marked)."""
-    if not log_records:
+def _panel_grid(n_panels: int, ncols: int = 3, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list[Axes]]:
+    """An Agg figure with `n_panels` axes in rows of at most `ncols` (cells beyond `n_panels` hidden)."""
+    ncols = min(ncols, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(np.atleast_1d(fig.subplots(nrows, ncols)).ravel())
+    for ax in axes[n_panels:]:
+        ax.set_axis_off()
+    return fig, axes[:n_panels]
+
+
+def loss_components(runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Loss component names in first-seen order across the runs' epoch records."""
+    return list(dict.fromkeys(k for records in runs for r in records for k in r.get("loss", {})))
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], title: str, path: str | os.PathLike,
+                         metric: str = "MRR@10") -> None:
+    """A panel per loss component plus validation `metric`, by epoch; a line per run (seed), best epochs dotted."""
+    runs = {label: records for label, records in runs.items() if records}
+    if not runs:
         plot_no_runs(path, title)
         return
-    epochs = [r["epoch"] for r in log_records]
-    fig, (loss_ax, valid_ax) = _figure(2)
-    components = list(dict.fromkeys(k for r in log_records for k in r.get("loss", {})))
-    for name in components:
-        loss_ax.plot(epochs, [r.get("loss", {}).get(name, math.nan) for r in log_records], marker=".", label=name)
-    loss_ax.set(xlabel="epoch", ylabel="loss (epoch mean)", title="training loss")
-    if components:
-        loss_ax.legend(fontsize=8)
-    mrr = np.array([r.get("valid", {}).get("MRR@10", math.nan) for r in log_records], dtype=float)
-    valid_ax.plot(epochs, mrr, marker=".", color="C3")
-    if not np.all(np.isnan(mrr)):
-        best = int(np.nanargmax(mrr))
-        valid_ax.axvline(epochs[best], color="grey", linestyle=":", label=f"best epoch {epochs[best]}")
-        valid_ax.legend(fontsize=8)
-    valid_ax.set(xlabel="epoch", ylabel="MRR@10", title="validation MRR@10")
+    components = loss_components(list(runs.values()))
+    fig, axes = _panel_grid(len(components) + 1)
+    for i, (label, records) in enumerate(runs.items()):
+        epochs = [r["epoch"] for r in records]
+        for ax, name in zip(axes, components):
+            losses = [r.get("loss", {}).get(name, math.nan) for r in records]
+            ax.plot(epochs, losses, marker=".", color=f"C{i}", label=label)
+        valid = np.array([r.get("valid", {}).get(metric, math.nan) for r in records], dtype=float)
+        axes[-1].plot(epochs, valid, marker=".", color=f"C{i}", label=label)
+        if not np.all(np.isnan(valid)):
+            axes[-1].axvline(epochs[int(np.nanargmax(valid))], color=f"C{i}", linestyle=":", alpha=0.7)
+    for ax, name in zip(axes, components):
+        ax.set(xlabel="epoch", ylabel="epoch mean", title=f"loss: {name}")
+    axes[-1].set(xlabel="epoch", ylabel=metric, title=f"validation {metric} (dotted: best epoch)")
+    axes[-1].legend(fontsize=8)
     fig.suptitle(title)
     save_png(fig, path)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from mclrec.errors import MclrecError
-from mclrec.io import atomic_path
+from mclrec.io import WriteError, atomic_path, write_error
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "modules", "n_items", "epoch")
@@ -20,10 +21,21 @@ class CheckpointError(MclrecError):
     """A checkpoint is missing, truncated, corrupt or from another setup."""
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint dict (tensors, numbers, strings, lists, dicts) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, tmp)
+def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: Optional[Path] = None) -> None:
+    """Write a checkpoint dict (tensors, numbers, strings, lists, dicts) atomically; `keep_previous`: see atomic_path.
+
+    It is serialised in memory first, so a full disk fails in a plain file write (WriteError naming `path`, errno
+    kept) rather than inside torch's zip writer, and nothing but the temp file is touched before it is complete.
+    """
+    buffer = io.BytesIO()
+    try:
+        torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
+        with atomic_path(path, keep_previous) as tmp, open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

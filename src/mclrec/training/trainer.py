@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,12 +17,13 @@ from mclrec import __version__
 from mclrec.data.processed import ProcessedData
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
-from mclrec.io import atomic_open
+from mclrec.io import atomic_open, remove_stale_temps
 from mclrec.training.batches import Instances, SameTargetIndex, batch_indices, eval_instances, training_instances
-from mclrec.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from mclrec.training.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, uses_augmenters
 
 BEST, LAST, LOG, SUMMARY, CURVES = "best.pt", "last.pt", "log.jsonl", "summary.json", "curves.json"
+PREV = "last.prev.pt"  # the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
 RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size")
 
 
@@ -154,6 +156,26 @@ def _restore(path: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, g
     return RunState(**ckpt["state"]), ckpt["best"]
 
 
+def _restore_latest(run_dir: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, generator,
+                    data: ProcessedData) -> tuple[RunState, dict, bool]:
+    """_restore last.pt or, when it is missing or unreadable, last.prev.pt (warning on stderr); True if it fell back.
+
+    A settings mismatch (TrainingError) is not a reason to fall back; CheckpointError names both files if neither loads.
+    """
+    last, prev = run_dir / LAST, run_dir / PREV
+    try:
+        return (*_restore(last, cfg, parts, optimisers, generator, data), False)
+    except CheckpointError as exc:
+        if not prev.exists():
+            raise
+        problem = exc
+    print(f"warning: {problem}; resuming from the previous epoch's checkpoint {prev} instead", file=sys.stderr)
+    try:
+        return (*_restore(prev, cfg, parts, optimisers, generator, data), True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: neither {last} nor {prev} is usable ({problem}; {exc})") from None
+
+
 def _out_of_time(cfg: dict, state: RunState) -> bool:
     """Whether the run has used its max_minutes budget (checked between epochs)."""
     return bool(cfg["max_minutes"]) and state.train_seconds >= 60 * cfg["max_minutes"]
@@ -194,6 +216,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
 
     resume: "never" starts afresh; "must" continues from last.pt (error if its settings differ);
     "if-compatible" continues when last.pt matches these settings and starts afresh otherwise.
+    A missing or unreadable last.pt falls back to last.prev.pt, the checkpoint of the epoch before it.
     """
     run_dir = Path(run_dir)
     device = resolve_device(cfg["device"])
@@ -207,17 +230,23 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     valid_data = eval_instances(data, "valid", device)
     same_target = SameTargetIndex.build(train_data.targets) if cfg["model"] == "duorec" else None
 
-    state = RunState()
-    best_modules = None
-    if resume != "never" and (run_dir / LAST).exists():
+    state, best_modules, fell_back = RunState(), None, False
+    if resume != "never" and ((run_dir / LAST).exists() or (run_dir / PREV).exists()):
         try:
-            state, best_modules = _restore(run_dir / LAST, cfg, parts, optimisers, generator, data)
+            state, best_modules, fell_back = _restore_latest(run_dir, cfg, parts, optimisers, generator, data)
         except TrainingError:
             if resume == "must":
                 raise
+    resumed = state.epoch > 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    if best_modules is not None and not (run_dir / BEST).exists():
+    remove_stale_temps(run_dir, (BEST, LAST, LOG, SUMMARY, CURVES))
+    if not resumed:
+        (run_dir / PREV).unlink(missing_ok=True)  # another run's: never fall back into it
+    if best_modules is not None and (fell_back or not (run_dir / BEST).exists()):
         save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
+    if resumed:
+        _write_log(run_dir, state.log, cfg["valid_metric"])  # Snakemake deletes it before re-running a killed job
+    rotate = resumed and not fell_back  # last.pt is this run's good checkpoint: keep it as last.prev.pt
 
     started = time.monotonic() - state.train_seconds
     n_batches = math.ceil(len(train_data) / cfg["batch_size"])
@@ -250,7 +279,9 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             if state.bad_epochs >= cfg["patience"]:
                 state.stopped = f"early stop: no {cfg['valid_metric']} improvement for {cfg['patience']} epochs"
             save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
-                                                    optimisers=optimisers.state_dict(), rng=rng_state(generator)))
+                                                    optimisers=optimisers.state_dict(), rng=rng_state(generator)),
+                            keep_previous=run_dir / PREV if rotate else None)
+            rotate = True
             _write_log(run_dir, state.log, cfg["valid_metric"])
             bar.update(task, info=f"{cfg['valid_metric']}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
     stopped = state.stopped or (f"time budget of {cfg['max_minutes']} min reached" if _out_of_time(cfg, state)

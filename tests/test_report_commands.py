@@ -1,0 +1,70 @@
+"""`mclrec report curves|aggregate` read the study's seeds from params.yaml (the commands both workflows run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from typer.testing import CliRunner
+
+from mclrec.cli import app
+from mclrec.report.commands import evaluate_seed_args
+
+from .conftest import ROOT
+
+runner = CliRunner()
+
+
+def _params(tmp_path, seeds: list[int]) -> str:
+    """The project's params.yaml with a one-dataset study over `seeds`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"].update(seeds=seeds, datasets=["synthetic"])
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def _seed_result(path, seed: int, ndcg: float) -> None:
+    """A minimal seed results JSON and its ranks beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"dataset": "synthetic", "variant": "mclrec", "seed": seed,
+                                "metrics": {"test": {"NDCG@20": ndcg}}}))
+    np.save(path.with_suffix(".ranks.npy"), np.array([seed, 3, 9]))
+
+
+def test_curves_overlays_the_study_seeds(tmp_path):
+    for seed in (0, 2):
+        log = tmp_path / "models" / "synthetic" / "mclrec" / f"seed{seed}" / "log.jsonl"
+        log.parent.mkdir(parents=True)
+        records = [{"epoch": e, "loss": {"rec": 5 - e, "cl1": 1 / e}, "valid": {"MRR@10": 0.1 * e}} for e in (1, 2, 3)]
+        log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["report", "curves", "synthetic", "mclrec", "--params", _params(tmp_path, [0, 1, 2]),
+            "--models", str(tmp_path / "models"), "--out", str(tmp_path / "curves")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert (tmp_path / "curves" / "synthetic" / "mclrec.png").stat().st_size > 1000
+
+
+def test_aggregate_reads_exactly_the_study_seeds(tmp_path):
+    run_dir = tmp_path / "results" / "synthetic" / "mclrec"
+    for seed, ndcg in ((0, 0.1), (1, 0.2), (5, 0.9)):
+        _seed_result(run_dir / f"seed{seed}.json", seed, ndcg)
+    out = tmp_path / "results" / "aggregate" / "synthetic" / "mclrec.json"
+    res = runner.invoke(app, ["report", "aggregate", str(run_dir), str(out), "--params", _params(tmp_path, [0, 1])])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [0, 1] and abs(doc["metrics"]["test"]["NDCG@20"] - 0.15) < 1e-12
+    assert np.load(out.with_suffix(".ranks.npy")).tolist() == [[0, 3, 9], [1, 3, 9]]
+    res = runner.invoke(app, ["report", "aggregate", str(run_dir), str(out), "--params", _params(tmp_path, [0, 3])])
+    assert res.exit_code == 1 and "seed3.json" in res.output
+
+
+def test_evaluate_seed_evaluates_the_seed_checkpoint_with_the_study_noise(tmp_path):
+    args = evaluate_seed_args("beauty", "mclrec", 2, [0.05, 0.1], Path("params.yaml"), Path("results"), Path("models"))
+    assert " ".join(args) == ("evaluate --dataset beauty --variant mclrec --params params.yaml"
+                              " --checkpoint models/beauty/mclrec/seed2/best.pt"
+                              " --output results/beauty/mclrec/seed2.json --groups --noise 0.05 --noise 0.1")
+    res = runner.invoke(app, ["report", "evaluate-seed", "synthetic", "mclrec", "7", "--params", _params(tmp_path, [7]),
+                              "--models", str(tmp_path / "models")])
+    assert res.exit_code == 1 and "seed7/best.pt" in res.output
