@@ -78,11 +78,6 @@ def gpu_jobs(wildcards):
     return int(CUDA_AVAILABLE)
 
 
-def noise_options(wildcards):
-    """--noise options for the study's test-time noise ratios (Fig. 7)."""
-    return " ".join(f"--noise {ratio}" for ratio in STUDY["noise"])
-
-
 def seed_results(wildcards):
     """The per-seed results (JSON and test ranks) a study run's aggregate reads."""
     run = f"results/{wildcards.dataset}/{wildcards.variant}"
