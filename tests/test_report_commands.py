@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,13 @@ def test_aggregate_reads_exactly_the_study_seeds(tmp_path):
     assert res.exit_code == 1 and "seed3.json" in res.output
 
 
-def test_evaluate_seed_evaluates_the_seed_checkpoint_with_the_study_noise(tmp_path):
+def test_evaluate_seed_evaluates_the_seed_checkpoint_with_the_study_noise(tmp_path, tiny_dir, monkeypatch):
     args = evaluate_seed_args("beauty", "mclrec", 2, [0.05, 0.1], Path("params.yaml"), Path("results"), Path("models"))
     assert " ".join(args) == ("evaluate --dataset beauty --variant mclrec --params params.yaml"
                               " --checkpoint models/beauty/mclrec/seed2/best.pt"
                               " --output results/beauty/mclrec/seed2.json --groups --noise 0.05 --noise 0.1")
+    shutil.copytree(tiny_dir, tmp_path / "data" / "processed" / "synthetic")
+    monkeypatch.chdir(tmp_path)  # the processed data exist, the seed's checkpoint does not
     res = runner.invoke(app, ["report", "evaluate-seed", "synthetic", "mclrec", "7", "--params", _params(tmp_path, [7]),
                               "--models", str(tmp_path / "models")])
     assert res.exit_code == 1 and "seed7/best.pt" in res.output
