@@ -19,11 +19,17 @@ NO_RUNS = "no runs yet"
 JOINT_VS_META = ("cl4srec", "duorec", "mclrec-j", "mclrec")
 
 
-def _figure(n_panels: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list[Axes]]:
-    """An Agg figure with `n_panels` side-by-side axes (no pyplot global state)."""
-    fig = Figure(figsize=(width * n_panels, height), layout="constrained")
+def _figure(n_panels: int = 1, width: float = 5.0, height: float = 3.6,
+            ncols: int | None = None) -> tuple[Figure, list[Axes]]:
+    """An Agg figure with `n_panels` axes in rows of `ncols` (default: one row); no pyplot global state."""
+    ncols = min(ncols or n_panels, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, list(np.atleast_1d(fig.subplots(1, n_panels)))
+    axes = list(np.atleast_1d(fig.subplots(nrows, ncols)).ravel())
+    for ax in axes[n_panels:]:
+        ax.set_axis_off()
+    return fig, axes[:n_panels]
 
 
 def save_png(fig: Figure, path: str | os.PathLike) -> None:
@@ -75,18 +81,6 @@ def _mark_empty(ax: Axes) -> None:
     ax.text(0.5, 0.5, NO_RUNS, ha="center", va="center", fontsize=12, color="grey", transform=ax.transAxes)
 
 
-def _panel_grid(n_panels: int, ncols: int = 3, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list[Axes]]:
-    """An Agg figure with `n_panels` axes in rows of at most `ncols` (cells beyond `n_panels` hidden)."""
-    ncols = min(ncols, n_panels)
-    nrows = math.ceil(n_panels / ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = list(np.atleast_1d(fig.subplots(nrows, ncols)).ravel())
-    for ax in axes[n_panels:]:
-        ax.set_axis_off()
-    return fig, axes[:n_panels]
-
-
 def loss_components(runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
     """Loss component names in first-seen order across the runs' epoch records."""
     return list(dict.fromkeys(k for records in runs for r in records for k in r.get("loss", {})))
@@ -100,7 +94,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], title:
         plot_no_runs(path, title)
         return
     components = loss_components(list(runs.values()))
-    fig, axes = _panel_grid(len(components) + 1)
+    fig, axes = _figure(len(components) + 1, width=4.2, height=3.2, ncols=3)
     for i, (label, records) in enumerate(runs.items()):
         epochs = [r["epoch"] for r in records]
         for ax, name in zip(axes, components):
