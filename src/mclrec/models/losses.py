@@ -15,10 +15,21 @@ def pair_scores(a: Tensor, b: Tensor, temperature: float = 1.0) -> tuple[Tensor,
     """
     half = a.shape[0]
     z = torch.cat([a, b], dim=0)
-    sim = z @ z.T / temperature
+    sim = z @ z.T if temperature == 1.0 else z @ z.T / temperature  # x / 1.0 is x: skip an [2B, 2B] pass
     pos = torch.cat([sim.diagonal(half), sim.diagonal(-half)])
     itself = torch.eye(2 * half, dtype=torch.bool, device=z.device)
     return sim, pos, itself | itself.roll(half, dims=1)
+
+
+def exclusion_offsets(excluded: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Additive constants for pair_scores' sim: -inf on the diagonal (self) and -inf on every excluded column, else 0.
+
+    Adding 0 leaves a score bit-for-bit unchanged, so `sim + offset` equals a masked_fill in value and gradient while
+    costing one pass forward and none backward.
+    """
+    itself = torch.eye(len(excluded), dtype=torch.bool, device=excluded.device)
+    zeros = torch.zeros(excluded.shape, dtype=dtype, device=excluded.device)
+    return zeros.masked_fill(itself, -torch.inf), zeros.masked_fill(excluded, -torch.inf)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float = 1.0) -> Tensor:
@@ -27,28 +38,30 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 1.0) -> Tensor:
     The softmax of row i runs over every column but i (its positive and negatives), so the loss is
     logsumexp over those columns minus the positive score.
     """
-    sim, pos, _ = pair_scores(a, b, temperature)
-    return nce_from_scores(sim, pos)
+    sim, pos, excluded = pair_scores(a, b, temperature)
+    return nce_from_scores(sim, pos, exclusion_offsets(excluded, sim.dtype)[0])
 
 
-def nce_from_scores(sim: Tensor, pos: Tensor) -> Tensor:
-    """info_nce given pair_scores' sim and positives."""
-    itself = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
-    return (torch.logsumexp(sim.masked_fill(itself, -torch.inf), dim=1) - pos).mean()
+def nce_from_scores(sim: Tensor, pos: Tensor, self_offset: Tensor) -> Tensor:
+    """info_nce given pair_scores' sim and positives and exclusion_offsets' diagonal offset."""
+    return (torch.logsumexp(sim + self_offset, dim=1) - pos).mean()
 
 
 def cl2_and_reg(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor, with_reg: bool = True) -> tuple[Tensor, Tensor | None]:
     """L_cl2 (Eq. 9) and, if asked, R summed over the same three pairs (h1, z2), (h2, z1), (z1, z2).
 
-    Each pair's score matrix is computed once and shared by both losses.
+    Each pair's score matrix is computed once and shared by both losses; the exclusion offsets by all three pairs.
     """
     cl2: Tensor | float = 0.0
     reg: Tensor | float = 0.0
+    offsets = None
     for a, b in ((h1, z2), (h2, z1), (z1, z2)):
         sim, pos, excluded = pair_scores(a, b)
-        cl2 = cl2 + nce_from_scores(sim, pos)
+        if offsets is None:
+            offsets = exclusion_offsets(excluded, sim.dtype)
+        cl2 = cl2 + nce_from_scores(sim, pos, offsets[0])
         if with_reg:
-            reg = reg + margin_from_scores(sim, pos, excluded)
+            reg = reg + margin_from_scores(sim, pos, offsets[1])
     return cl2, (reg if with_reg else None)
 
 
@@ -65,16 +78,20 @@ def margin_regulariser(a: Tensor, b: Tensor) -> Tensor:
     detached, so gradients also flow through the selected min/max scores. R = mean over the 2B positives of
     [sigma+ - o_min]_+ plus mean over the 2B(2B-2) negatives of [o_max - sigma-]_+ (Eq. 13).
     """
-    return margin_from_scores(*pair_scores(a, b))
+    sim, pos, excluded = pair_scores(a, b)
+    return margin_from_scores(sim, pos, exclusion_offsets(excluded, sim.dtype)[1])
 
 
-def margin_from_scores(sim: Tensor, pos: Tensor, excluded: Tensor) -> Tensor:
-    """margin_regulariser given pair_scores' outputs."""
+def margin_from_scores(sim: Tensor, pos: Tensor, excluded_offset: Tensor) -> Tensor:
+    """margin_regulariser given pair_scores' sim and positives and exclusion_offsets' excluded-columns offset.
+
+    Excluded columns become -inf for the hardest negative and +inf in [o_max - sigma]_+, where relu makes them 0.
+    """
     n = len(sim)
-    hardest_neg = sim.masked_fill(excluded, -torch.inf).max(dim=1).values
+    hardest_neg = (sim + excluded_offset).max(dim=1).values
     o_min = torch.minimum(pos, hardest_neg)
     o_max = torch.maximum(pos, hardest_neg)
-    neg_terms = F.relu(o_max[:, None] - sim).masked_fill(excluded, 0.0)
+    neg_terms = F.relu(o_max[:, None] - (sim - excluded_offset))
     return F.relu(pos - o_min).mean() + neg_terms.sum() / (n * (n - 2))
 
 
