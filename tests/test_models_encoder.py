@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mclrec.errors import MclrecError
-from mclrec.models.encoder import SASRecEncoder
+from mclrec.models.encoder import Dropout, SASRecEncoder
 from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint, to_recbole_state_dict
 
 N_ITEMS, MAX_LEN, HIDDEN, N_LAYERS, N_HEADS, INNER = 30, 12, 16, 2, 2, 24
@@ -160,6 +160,19 @@ def test_dropout_only_in_train_mode():
         assert torch.equal(encoder(seq, lengths), encoder(seq, lengths))
         encoder.train()
         assert not torch.allclose(encoder(seq, lengths), encoder(seq, lengths))
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_cpu_dropout_keeps_with_probability_1_minus_p_and_rescales(p):
+    dropout = Dropout(p).train()
+    x = torch.randn(200_000)
+    torch.manual_seed(0)
+    out = dropout(x)
+    torch.manual_seed(0)
+    assert torch.equal(out, x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p)))  # the plain formula, same draws
+    kept = out != 0
+    assert torch.equal(out[kept], x[kept] * (1.0 / (1.0 - p)))
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
 
 
 def test_score_helpers():

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mclrec.models.losses import (bpr_loss, cl2_loss, info_nce, margin_regulariser, pair_scores, rec_ce_loss, reg_loss,
-                                  sample_negatives)
+from mclrec.models.losses import (bpr_loss, cl2_loss, exclusion_offsets, info_nce, margin_regulariser, pair_scores,
+                                  rec_ce_loss, reg_loss, sample_negatives)
 
 
 def loop_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 1.0) -> float:
@@ -69,6 +69,26 @@ def test_pair_scores_positives_and_excluded_columns():
     assert excluded.tolist() == [[True, False, True, False], [False, True, False, True],
                                  [True, False, True, False], [False, True, False, True]]
     assert sim[~excluded].tolist() == [0.0] * 8
+
+
+def test_exclusion_offsets_match_masked_fill_in_value_and_gradient():
+    torch.manual_seed(4)
+    a, b = torch.randn(5, 8), torch.randn(5, 8)
+    sim, pos, excluded = pair_scores(a, b)
+    self_offset, excluded_offset = exclusion_offsets(excluded, sim.dtype)
+    itself = torch.eye(10, dtype=torch.bool)
+    assert torch.equal(self_offset == -torch.inf, itself) and torch.equal(excluded_offset == -torch.inf, excluded)
+    assert set(self_offset[~itself].tolist()) == {0.0} and set(excluded_offset[~excluded].tolist()) == {0.0}
+
+    x = torch.randn(10, 10, requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    filled = x.masked_fill(excluded, -torch.inf)
+    shifted = y + excluded_offset
+    filled = torch.logsumexp(filled, 1).sum() + filled.max(1).values.sum()
+    offset = torch.logsumexp(shifted, 1).sum() + shifted.max(1).values.sum()
+    filled.backward()
+    offset.backward()
+    assert torch.equal(filled, offset) and torch.equal(x.grad, y.grad)
 
 
 def test_info_nce_hand_computed():
