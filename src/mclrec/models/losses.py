@@ -52,16 +52,14 @@ def cl2_and_reg(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor, with_reg: bool =
 
     Each pair's score matrix is computed once and shared by both losses; the exclusion offsets by all three pairs.
     """
+    pairs = [pair_scores(a, b) for a, b in ((h1, z2), (h2, z1), (z1, z2))]
+    self_offset, excluded_offset = exclusion_offsets(pairs[0][2], pairs[0][0].dtype)
     cl2: Tensor | float = 0.0
     reg: Tensor | float = 0.0
-    offsets = None
-    for a, b in ((h1, z2), (h2, z1), (z1, z2)):
-        sim, pos, excluded = pair_scores(a, b)
-        if offsets is None:
-            offsets = exclusion_offsets(excluded, sim.dtype)
-        cl2 = cl2 + nce_from_scores(sim, pos, offsets[0])
+    for sim, pos, _ in pairs:
+        cl2 = cl2 + nce_from_scores(sim, pos, self_offset)
         if with_reg:
-            reg = reg + margin_from_scores(sim, pos, offsets[1])
+            reg = reg + margin_from_scores(sim, pos, excluded_offset)
     return cl2, (reg if with_reg else None)
 
 
