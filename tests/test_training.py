@@ -67,6 +67,24 @@ def test_mclrec_schedules_update_only_their_modules(tiny, run_cfg, schedule, exp
     assert ("augmenter" in terms) == (schedule != "joint")
 
 
+def test_foreach_adam_gives_the_per_parameter_loops_numbers(tiny, run_cfg):
+    cfg = run_cfg("mclrec", hidden_dropout=0.0, attn_dropout=0.0)
+    runs = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        parts = build_parts(cfg, tiny.n_items)
+        optimisers = Optimisers(cfg, parts)
+        for opt in (optimisers.encoder, optimisers.augmenter):
+            assert opt.defaults["foreach"] is True
+            for group in opt.param_groups:
+                group["foreach"] = foreach
+        for _ in range(3):
+            batch, generator = _one_batch(cfg, tiny, parts)
+            train_step(cfg, parts, optimisers, batch, generator)
+        runs.append([p.detach() for m in parts.modules().values() for p in m.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_ablation_switches(tiny, run_cfg):
     no_cl2 = run_cfg("mclrec-no-cl2")
     assert build_parts(no_cl2, tiny.n_items).augmenter1 is None

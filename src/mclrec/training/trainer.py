@@ -64,10 +64,11 @@ class Optimisers:
         self.joint = bool(aug_params) and cfg["schedule"] == "joint"
         if self.joint:
             enc_params = enc_params + aug_params
-        self.encoder = torch.optim.Adam(enc_params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        # foreach: the same numbers as PyTorch's per-parameter loop (its CPU default), about 2x faster there
+        self.encoder = torch.optim.Adam(enc_params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
         self.augmenter = None
         if aug_params and not self.joint:
-            self.augmenter = torch.optim.Adam(aug_params, lr=cfg["augmenter_lr"])
+            self.augmenter = torch.optim.Adam(aug_params, lr=cfg["augmenter_lr"], foreach=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder.state_dict(), "augmenter": self.augmenter.state_dict() if self.augmenter else None}
