@@ -1,6 +1,8 @@
-"""Shared fixtures: a tiny processed synthetic dataset and the project's params."""
+"""Shared fixtures: a tiny processed synthetic dataset, the project's params, and the benchmark scripts."""
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -47,3 +49,11 @@ def run_cfg(params):
         return cfg
 
     return make
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

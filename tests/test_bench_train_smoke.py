@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,9 @@ import torch
 from mclrec.data.preprocess import preprocess
 from mclrec.data.synth import generate_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, load_benchmark
+
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
-
-
-def load_bench():
-    """Import benchmarks/bench_train.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def tiny_processed(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("naive", [False, True])
 def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
-    bench = load_bench()
+    bench = load_benchmark("bench_train")
     argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
             "--batches", "1", "--warmup", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu",
             "--matmul-size", "128",
@@ -70,7 +62,7 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
 
 
 def test_flop_groups_mirror_the_encoder():
-    bench = load_bench()
+    bench = load_benchmark("bench_train")
     lengths = torch.tensor([1, 8, 9, 16, 17, 50, 3])
     assert bench.encoder_groups(lengths, (8, 16, 32)) == [(3, 8), (2, 16), (1, 17), (1, 50)]
     assert bench.encoder_groups(lengths, ()) == [(7, 50)]
@@ -79,7 +71,7 @@ def test_flop_groups_mirror_the_encoder():
 
 @pytest.mark.parametrize("batch_views", [True, False])
 def test_sasrec_step_flops_by_hand(batch_views):
-    bench = load_bench()
+    bench = load_benchmark("bench_train")
     cfg = {"model": "sasrec", "length_buckets": [8, 16, 32], "batch_views": batch_views, "hidden_size": 64, "inner_size": 256, "n_layers": 2,
            "lambda_sem": 0.1, "lambda_cl1": 0.1, "cl2": True, "reg": True, "schedule": "meta"}
     lengths = torch.tensor([3, 5, 40])

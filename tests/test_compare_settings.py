@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from mclrec.data.preprocess import preprocess
 from mclrec.data.synth import generate_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_compare():
-    """Import benchmarks/compare_settings.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("compare_settings", ROOT / "benchmarks" / "compare_settings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import ROOT, load_benchmark
 
 
 def test_compare_hand_computed():
-    compare = load_compare().compare
+    compare = load_benchmark("compare_settings").compare
     a = [{"m": 0.10}, {"m": 0.12}, {"m": 0.14}]
     b = [{"m": 0.11}, {"m": 0.13}, {"m": 0.15}]
     (row,) = compare(a, b, ("m",), alpha=0.05)
@@ -36,7 +26,7 @@ def test_compare_hand_computed():
 
 
 def test_compare_flags_a_clear_difference_and_constant_runs():
-    compare = load_compare().compare
+    compare = load_benchmark("compare_settings").compare
     a = [{"m": 0.10 + 0.001 * i, "c": 0.5} for i in range(4)]
     b = [{"m": 0.20 + 0.001 * i, "c": 0.5} for i in range(4)]
     far, same = compare(a, b, ("m", "c"), alpha=0.05)
@@ -49,7 +39,7 @@ def test_compare_settings_runs_both_settings_over_seeds(tmp_path, capsys):
     generate_synthetic(raw, seed=3, n_users=200, n_items=120, n_clusters=6, mean_length=8, min_length=5,
                        stay_probability=0.8)
     preprocess(raw, "seqtxt", 5, 5, 50, processed)
-    module = load_compare()
+    module = load_benchmark("compare_settings")
     report = module.main(["--variant", "sasrec", "--seeds", "0", "1", "--data-dir", str(processed),
                           "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "runs"),
                           "--set", "max_epochs=1", "--set", "batch_size=64",
