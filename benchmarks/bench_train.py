@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mclrec.config import load_params, parse_overrides, resolve_run
+from mclrec.config import NAIVE_PATH, load_params, parse_overrides, resolve_run
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
@@ -44,7 +44,6 @@ from mclrec.training.objectives import Batch, contrasts_views, build_parts, make
 from mclrec.training.trainer import Optimisers, resolve_device, train_step
 
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
-NAIVE = {"length_buckets": [], "batch_views": False}
 RATIO_TARGET = 3.0
 EVAL_TARGET_S = 5.0
 
@@ -464,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the Markdown report and return (and optionally save) all numbers."""
     args = parse_args(argv)
     params = load_params(args.params)
-    overrides: dict[str, Any] = dict(NAIVE) if args.naive else {}
+    overrides: dict[str, Any] = dict(NAIVE_PATH) if args.naive else {}
     overrides.update(parse_overrides(args.overrides))
     if args.batch_size:
         overrides["batch_size"] = args.batch_size

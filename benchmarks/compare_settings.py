@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from scipy import stats
 
-from mclrec.config import load_params, parse_overrides, resolve_run
+from mclrec.config import NAIVE_PATH, load_params, parse_overrides, resolve_run
 from mclrec.data.processed import load_processed
 from mclrec.evaluation.evaluate import evaluate_checkpoint
 from mclrec.io import atomic_open
 from mclrec.paths import processed_dir
 from mclrec.training.trainer import BEST, train
 
-NAIVE = ["length_buckets=[]", "batch_views=false"]
 METRICS = ("HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20")
 
 
@@ -42,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variant", default="mclrec")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--a", dest="a", action="append", metavar="KEY=VALUE",
-                        help="setting A (repeatable); default: " + " ".join(NAIVE))
+                        help="setting A (repeatable); default: the reference path " + describe(NAIVE_PATH))
     parser.add_argument("--b", dest="b", action="append", default=[], metavar="KEY=VALUE",
                         help="setting B (repeatable); default: params.yaml unchanged")
     parser.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
@@ -52,10 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/compare"), help="run folders")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--json", type=Path, help="also save every run's metrics and the comparison")
-    args = parser.parse_args(argv)
-    if args.a is None:
-        args.a = list(NAIVE)
-    return args
+    return parser.parse_args(argv)
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """KEY=VALUE pairs of a settings dict, for the report."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in settings.items()) or "params.yaml"
 
 
 def run_seed(cfg: dict, data, run_dir: Path) -> dict[str, float]:
@@ -84,13 +85,13 @@ def compare(a: list[dict[str, float]], b: list[dict[str, float]], metrics: tuple
     return rows
 
 
-def render(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: dict[str, float]) -> str:
+def render(args: argparse.Namespace, settings: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+           seconds: dict[str, float]) -> str:
     """The Markdown report: machine, settings, the table and a one-line verdict."""
     lines = [f"# compare_settings: {args.dataset}/{args.variant}, seeds {args.seeds}", "",
              f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads",
-             f"- A: {' '.join(args.a) or 'params.yaml'}; B: {' '.join(args.b) or 'params.yaml'}; "
-             f"both: {' '.join(args.common) or '-'}",
+             f"- A: {describe(settings['a'])}; B: {describe(settings['b'])}; both: {' '.join(args.common) or '-'}",
              f"- training + evaluation time: A {seconds['a']:.0f} s, B {seconds['b']:.0f} s", "",
              "| test metric | A mean (sd) | B mean (sd) | B - A | (B - A) / sd_A | Welch p |",
              "|---|---|---|---|---|---|"]
@@ -112,18 +113,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     max_len = resolve_run(params, args.dataset, args.variant, common)["max_len"]
     if data.max_len != max_len:
         raise SystemExit(f"{data_dir}: processed with max_len={data.max_len}, params say {max_len}")
+    settings = {"a": parse_overrides(args.a) if args.a is not None else dict(NAIVE_PATH), "b": parse_overrides(args.b)}
     results: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
     seconds = {"a": 0.0, "b": 0.0}
     for seed in args.seeds:
-        for name, setting in (("a", args.a), ("b", args.b)):
-            cfg = resolve_run(params, args.dataset, args.variant, {**common, **parse_overrides(setting), "seed": seed})
+        for name, setting in settings.items():
+            cfg = resolve_run(params, args.dataset, args.variant, {**common, **setting, "seed": seed})
             start = time.perf_counter()
             results[name].append(run_seed(cfg, data, args.out / name / f"seed-{seed}"))
             seconds[name] += time.perf_counter() - start
             print(f"[{name} seed {seed}] NDCG@10 {results[name][-1]['NDCG@10']:.4f}", file=sys.stderr, flush=True)
     rows = compare(results["a"], results["b"], METRICS, args.alpha)
-    print(render(args, rows, seconds))
-    report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    print(render(args, settings, rows, seconds))
+    report = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "settings": settings,
               "runs": results, "comparison": rows, "seconds": seconds}
     if args.json:
         with atomic_open(args.json, "w", encoding="utf-8") as fh:

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from mclrec.config import NAIVE_PATH
 from mclrec.evaluation.evaluate import evaluate_checkpoint
 from mclrec.training.objectives import build_parts, encode_views
 from mclrec.training.trainer import train
 
-NAIVE = {"length_buckets": [], "batch_views": False}
 NO_DROPOUT = {"hidden_dropout": 0.0, "attn_dropout": 0.0}
 
 
@@ -30,7 +30,7 @@ def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
         seq[torch.arange(width)[None, :] >= lengths[:, None]] = 0
         views.append((seq, lengths))
     together = encode_views(cfg, encoder, *views)
-    apart = encode_views({**cfg, **NAIVE}, encoder, *views)
+    apart = encode_views({**cfg, **NAIVE_PATH}, encoder, *views)
     for a, b in zip(together, apart):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -38,7 +38,7 @@ def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
 @pytest.mark.parametrize("variant", ["mclrec", "duorec"])
 def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant):
     """Without dropout (whose random stream the paths draw differently) both paths give the same run."""
-    for name, extra in (("fast", {}), ("naive", NAIVE)):
+    for name, extra in (("fast", {}), ("naive", NAIVE_PATH)):
         train(run_cfg(variant, max_epochs=2, batch_size=128, **NO_DROPOUT, **extra), tiny, tmp_path / name, progress=False)
     fast, naive = _log(tmp_path / "fast"), _log(tmp_path / "naive")
     assert len(fast) == len(naive) == 2

@@ -14,6 +14,7 @@ import yaml
 from mclrec.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+NAIVE_PATH = {"length_buckets": [], "batch_views": False}  # settings that turn every speed-up off (reference path)
 
 
 @lru_cache(maxsize=1)
