@@ -202,7 +202,7 @@ def test_max_minutes_budget_stops_training(tiny, run_cfg, tmp_path):
 
 def test_early_stopping_uses_patience(tiny, run_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"MRR@10": 0.5})
-    summary = train(run_cfg("sasrec", max_epochs=20, patience=2), tiny, tmp_path, progress=False)
+    summary = train(run_cfg("sasrec", max_epochs=20, patience=2, early_stopping="exact"), tiny, tmp_path, progress=False)
     assert summary["epochs_run"] == 3 and summary["best_epoch"] == 1 and "early stop" in summary["stopped"]
 
 

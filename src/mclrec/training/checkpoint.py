@@ -15,6 +15,8 @@ from mclrec.io import WriteError, atomic_path, write_error
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "modules", "n_items", "epoch")
+# Settings added after checkpoints were first written, with the value that reproduces how those runs behaved.
+LEGACY_SETTINGS = {"early_stopping": "exact"}
 
 
 class CheckpointError(MclrecError):
@@ -52,6 +54,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: not an mclrec checkpoint (missing keys: {', '.join(missing)})")
     if payload["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {payload['format_version']}, expected {FORMAT_VERSION}")
+    for key, value in LEGACY_SETTINGS.items():
+        payload["config"].setdefault(key, value)
     return payload
 
 

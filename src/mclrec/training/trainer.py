@@ -19,6 +19,7 @@ from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
 from mclrec.training.batches import Instances, SameTargetIndex, batch_indices, eval_instances, training_instances
+from mclrec.training.early_stopping import judge, stop_reason
 from mclrec.training.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, uses_augmenters
 
@@ -271,14 +272,15 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             record = {"epoch": epoch, "loss": losses,
                       "valid": valid, "epoch_seconds": train_time, "eval_seconds": time.monotonic() - t0 - train_time}
             state.log.append(record)
-            if metric > state.best_metric:
-                state.best_metric, state.best_epoch, state.best_valid, state.bad_epochs = metric, epoch, valid, 0
+            decision = judge(metric, state.best_metric, state.bad_epochs, cfg["patience"], cfg["early_stopping"])
+            if decision.improved:
+                state.best_metric, state.best_epoch, state.best_valid, state.bad_epochs = decision.score, epoch, valid, 0
                 best_modules = _module_states(parts)
                 save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
             else:
                 state.bad_epochs += 1
-            if state.bad_epochs >= cfg["patience"]:
-                state.stopped = f"early stop: no {cfg['valid_metric']} improvement for {cfg['patience']} epochs"
+            if decision.stop:
+                state.stopped = stop_reason(cfg["valid_metric"], cfg["patience"], cfg["early_stopping"])
             save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
                                                     optimisers=optimisers.state_dict(), rng=rng_state(generator)),
                             keep_previous=run_dir / PREV if rotate else None)
