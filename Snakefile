@@ -4,6 +4,7 @@
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/published.smk"
 include: "workflow/rules/study.smk"
 
 

@@ -16,7 +16,7 @@ def _params(tmp_path, **datasets) -> str:
     """A params.yaml with the project's train/variants and the given datasets."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"] = datasets
-    del params["study"]
+    del params["study"], params["checkpoints"]  # both name the benchmark datasets replaced here
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return str(path)

@@ -44,23 +44,31 @@ def user_errors() -> Iterator[None]:
 
 @app.command()
 def download(
-    dataset: str = typer.Argument(..., help="Dataset name from params.yaml."),
+    name: str = typer.Argument(..., metavar="NAME", help="A dataset or a published checkpoint declared in params.yaml."),
     params: Path = ParamsOpt,
     mirror: Optional[Path] = typer.Option(
-        None, envvar="MCLREC_MIRROR", help="Folder holding the raw files (no network). Env: MCLREC_MIRROR."
+        None, envvar="MCLREC_MIRROR", help="Folder holding the files under their file names (no network). Env: MCLREC_MIRROR."
     ),
     raw_root: Path = typer.Option(paths.RAW_ROOT, help="Root of raw data folders."),
 ) -> None:
-    """Fetch (or generate) a dataset's raw file into data/raw/<dataset>/, verifying its sha256."""
+    """Fetch (or generate) a dataset's raw file into data/raw/<dataset>/, or a published checkpoint into
+    models/published/<name>/; the sha256 is verified either way."""
     from mclrec.data.download import fetch_raw
 
     with user_errors():
-        spec = config.dataset_spec(config.load_params(params), dataset)
-        dest = paths.raw_file(dataset, spec["filename"], raw_root)
+        params_dict = config.load_params(params)
+        if name in params_dict.get("checkpoints", {}):
+            spec = params_dict["checkpoints"][name]
+            dest = paths.published_checkpoint(name, spec["filename"])
+            dest = fetch_raw(name, {"url": spec["url"], "sha256": spec["sha256"]}, spec["filename"], dest.parent, mirror)
+            err_console.print(f"checkpoint ready: {dest}")
+            return
+        spec = config.dataset_spec(params_dict, name)
+        dest = paths.raw_file(name, spec["filename"], raw_root)
         if "generator" in spec["source"]:
             _generate(spec, dest)
         else:
-            dest = fetch_raw(dataset, spec["source"], spec["filename"], dest.parent, mirror)
+            dest = fetch_raw(name, spec["source"], spec["filename"], dest.parent, mirror)
         err_console.print(f"raw file ready: {dest}")
 
 
@@ -179,6 +187,9 @@ def evaluate(
     variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (locates the default checkpoint)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file (default models/<dataset>/<variant>/best.pt)."),
     checkpoint_format: str = typer.Option("mclrec", help="mclrec, or recbole (a SASRec-family RecBole state dict)."),
+    published: Optional[str] = typer.Option(
+        None, help="A published checkpoint declared in params.yaml (checkpoints.<name>), after `mclrec download NAME`."
+    ),
     params: Path = ParamsOpt,
     output: Optional[Path] = typer.Option(None, help="Results JSON (default results/<dataset>/<variant>.json)."),
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
@@ -195,8 +206,13 @@ def evaluate(
     with user_errors():
         params_dict = config.load_params(params)
         config.dataset_spec(params_dict, dataset)
+        if published is not None:
+            if checkpoint is not None or variant is not None:
+                raise MclrecError("--published names the checkpoint: give it without --variant or --checkpoint")
+            checkpoint, checkpoint_format = _published_checkpoint(params_dict, published, dataset)
+            variant = published
         if checkpoint is None and variant is None:
-            raise MclrecError("give --variant (to use models/<dataset>/<variant>/best.pt) or --checkpoint FILE")
+            raise MclrecError("give --variant (to use models/<dataset>/<variant>/best.pt), --checkpoint FILE or --published NAME")
         ckpt = checkpoint or paths.run_dir(dataset, variant) / "best.pt"
         if output is None and variant is None:
             raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
@@ -206,10 +222,27 @@ def evaluate(
         record = results_record(dataset, result, ckpt, checkpoint_format, data)
         if record["variant"] is None:
             record["variant"] = variant
+        if published is not None:
+            record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
         dest = output or paths.result_file(dataset, variant)
         write_results(dest, record, ranks)
         test = record["metrics"]["test"]
         err_console.print(f"{dest}: test " + " ".join(f"{k}={test[k]:.4f}" for k in test if k.endswith(("@10", "@20"))))
+
+
+def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, str]:
+    """The verified file and format of a published checkpoint; refused for another dataset or a changed file."""
+    from mclrec.data.download import verify_existing
+
+    spec = config.checkpoint_spec(params, name)
+    if spec["dataset"] != dataset:
+        raise MclrecError(f"params.yaml: checkpoints.{name} was trained on dataset '{spec['dataset']}', "
+                          f"not '{dataset}'; evaluate it with --dataset {spec['dataset']}")
+    path = paths.published_checkpoint(name, spec["filename"])
+    if not path.is_file():
+        raise MclrecError(f"{path}: not there yet; run `mclrec download {name}` (MCLREC_MIRROR for a local copy)")
+    verify_existing(path, spec["sha256"])
+    return path, spec["format"]
 
 
 @app.command("show-config")

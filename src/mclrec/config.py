@@ -49,6 +49,16 @@ def _check_study(params: dict, source: str) -> None:
             raise ConfigError(f"{source}: study.{key}: '{name}' is not in variants")
 
 
+def _check_checkpoints(params: dict, source: str) -> None:
+    """A published checkpoint names a declared dataset, and its name is neither a dataset's nor a variant's."""
+    for name, spec in params.get("checkpoints", {}).items():
+        if spec["dataset"] not in params["datasets"]:
+            raise ConfigError(f"{source}: checkpoints.{name}.dataset: '{spec['dataset']}' is not in datasets")
+        for section in ("datasets", "variants"):
+            if name in params[section]:
+                raise ConfigError(f"{source}: checkpoints.{name}: the name is also one of {section}; pick another")
+
+
 def _node_line(root: yaml.Node | None, path: list) -> int | None:
     """1-based line of the YAML node at `path` (or of its deepest existing ancestor)."""
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
@@ -129,6 +139,7 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     validate_params(params, str(path), root)
     params["train"] = {**settings_defaults(), **params["train"]}
     _check_study(params, str(path))
+    _check_checkpoints(params, str(path))
     params["study"] = {**study_defaults(), **params.get("study", {})}
     return params
 
@@ -139,6 +150,14 @@ def dataset_spec(params: dict, name: str) -> dict:
     if name not in datasets:
         raise ConfigError(f"params.yaml: datasets.{name}: no such dataset; defined: {', '.join(datasets)}")
     return datasets[name]
+
+
+def checkpoint_spec(params: dict, name: str) -> dict:
+    """The checkpoints.<name> entry, or a ConfigError listing the declared checkpoints."""
+    declared = params.get("checkpoints", {})
+    if name not in declared:
+        raise ConfigError(f"params.yaml: checkpoints.{name}: no such checkpoint; declared: {', '.join(declared) or 'none'}")
+    return declared[name]
 
 
 def variant_spec(params: dict, name: str) -> dict:

@@ -25,6 +25,11 @@ def run_dir(dataset: str, variant: str, root: Path = MODELS_ROOT) -> Path:
     return root / dataset / variant
 
 
+def published_checkpoint(name: str, filename: str, root: Path = MODELS_ROOT) -> Path:
+    """Where a published checkpoint declared in params.yaml is stored once downloaded and verified."""
+    return root / "published" / name / filename
+
+
 def result_file(dataset: str, variant: str, root: Path = RESULTS_ROOT) -> Path:
     """The evaluation JSON of a run."""
     return root / dataset / f"{variant}.json"

@@ -18,6 +18,7 @@ config["study"] = {**study_defaults(), **config.get("study", {})}
 
 DATASETS = list(config["datasets"])
 VARIANTS = list(config["variants"])
+CHECKPOINTS = config.get("checkpoints", {})
 STUDY = config["study"]
 CUDA_AVAILABLE = cuda_available()
 SEEDS = STUDY["seeds"]
@@ -27,7 +28,8 @@ DATASET_FIGURES = ["noise", "groups", "grid"]
 
 wildcard_constraints:
     dataset="[a-z0-9][a-z0-9_-]*",
-    variant="[a-z0-9][a-z0-9_-]*",
+    variant="|".join(VARIANTS),
+    checkpoint="|".join(CHECKPOINTS) or "(?!)",
     seed="[0-9]+",
     number="[34]",
     lam="[0-9.]+",
@@ -45,6 +47,20 @@ def raw_file(wildcards):
 def dataset_source(wildcards):
     """The dataset's source entry (a rule param, so a new URL or checksum re-triggers download)."""
     return config["datasets"][wildcards.dataset]["source"]
+
+
+def checkpoint_section(wildcards):
+    """A published checkpoint's params.yaml entry (a rule param, so a new URL or checksum re-triggers download)."""
+    return CHECKPOINTS[wildcards.checkpoint]
+
+
+def published_file(wildcards):
+    """Where a published checkpoint lies once downloaded; only for the dataset it was declared with."""
+    spec = CHECKPOINTS[wildcards.checkpoint]
+    if spec["dataset"] != wildcards.dataset:
+        raise ValueError(f"params.yaml: checkpoints.{wildcards.checkpoint} belongs to dataset '{spec['dataset']}', "
+                         f"not '{wildcards.dataset}'")
+    return f"models/published/{wildcards.checkpoint}/{spec['filename']}"
 
 
 def dataset_section(wildcards):

@@ -24,7 +24,7 @@ def fetch_raw(name: str, source: dict, filename: str, raw_dir: Path, mirror: Pat
     dest = Path(raw_dir) / filename
     expected = source.get("sha256")
     if dest.exists():
-        _check_existing(dest, expected)
+        verify_existing(dest, expected)
         return dest
     if mirror is not None:
         return _copy_from_mirror(Path(mirror) / filename, dest, expected)
@@ -38,8 +38,8 @@ def fetch_raw(name: str, source: dict, filename: str, raw_dir: Path, mirror: Pat
     raise ValueError(f"dataset {name!r}: source needs one of 'url', 'manual' or 'generator'")
 
 
-def _check_existing(dest: Path, expected: str | None) -> None:
-    """Accept a file already in place if its checksum matches (or none is known); never delete it."""
+def verify_existing(dest: Path, expected: str | None) -> None:
+    """Accept a file already in place if its checksum matches (or none is known); never delete or change it."""
     if expected is None:
         return
     actual = sha256_file(dest)
