@@ -2,6 +2,7 @@
 
 import hashlib
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -105,3 +106,43 @@ def test_train_refuses_data_processed_with_another_max_len(tiny_dir):
     res = runner.invoke(app, ["train", "-d", "synthetic", "-m", "sasrec", "--params", str(ROOT / "params.yaml"),
                               "--data-dir", str(tiny_dir), "--no-progress"])
     assert res.exit_code == 1 and "max_len=20" in res.output
+
+
+def test_version_is_the_package_version():
+    from importlib.metadata import version
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"mclrec {version('mclrec')}"
+
+
+@pytest.mark.parametrize("text,value", [("1e-4", 1e-4), ("1E3", 1000.0), (".5", 0.5), ("5e+2", 500.0), ("2.5E-3", 2.5e-3)])
+def test_set_reads_numbers_as_users_write_them(text, value):
+    from mclrec.config import parse_overrides
+
+    assert parse_overrides([f"lr={text}"]) == {"lr": value}
+
+
+def test_set_still_rejects_non_numbers():
+    from mclrec.config import ConfigError, parse_overrides
+
+    with pytest.raises(ConfigError, match="--set: lr: '1e-4x' is not of type 'number'"):
+        parse_overrides(["lr=1e-4x"])
+
+
+def test_params_file_reads_exponent_numbers(tmp_path):
+    from mclrec.config import load_params
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("lr: 0.001", "lr: 1e-3"))
+    assert load_params(tmp_path / "params.yaml")["train"]["lr"] == 1e-3
+
+
+def test_checkpoint_format_choices_are_enforced():
+    res = runner.invoke(app, ["evaluate", "--dataset", "synthetic", "--checkpoint", "x.pt", "--checkpoint-format", "keras"])
+    assert res.exit_code == 2 and "mclrec" in res.output and "recbole" in res.output
+
+
+def test_citation_file_carries_the_package_version():
+    import mclrec
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["version"] == mclrec.__version__ and cff["license"] == "MIT"

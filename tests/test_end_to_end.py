@@ -11,6 +11,8 @@ import yaml
 
 from mclrec.data.processed import load_processed
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, workflows or whole trainings
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

@@ -77,6 +77,10 @@ def test_evaluate_cli_writes_the_documented_schema(trained, tiny_dir, tmp_path):
                 "checkpoint", "environment"):
         assert key in record
     assert record["variant"] == "sasrec" and record["best_epoch"] == 1
+    env = record["environment"]
+    for package in ("torch", "numpy", "pandas", "pyarrow", "mclrec"):
+        assert env[package] and env["training"][package] == env[package]
+    assert set(env["git"]) == {"commit", "dirty"} and env["training"]["threads"] >= 1
     assert set(record["noise"]) == {"0.1", "0.2"}
     assert sum(g["n_users"] for g in record["groups"].values()) == len(np.load(out.with_suffix(".ranks.npy")))
 

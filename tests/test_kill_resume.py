@@ -11,6 +11,8 @@ import yaml
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, workflows or whole trainings
+
 
 @pytest.fixture(scope="module")
 def params_file(tmp_path_factory):

@@ -1,29 +1,46 @@
 """Leakage guard, by interaction position: training never sees a user's validation or test interaction."""
 
 import numpy as np
+import pytest
 
 from mclrec.data.preprocess import preprocess
-from mclrec.data.processed import load_processed, padded_inputs, prefix_instances
+from mclrec.data.processed import load_processed, padded_inputs, prefix_instances, sequence_instances
 
 
-def _full_sequences(data):
-    """Each user's whole chronological sequence: train input + train/valid/test targets."""
-    train = data.train
-    return [np.r_[train.items[train.offsets[u]:train.offsets[u + 1]], train.targets[u], data.valid.targets[u],
-                  data.test.targets[u]] for u in range(data.n_users)]
+@pytest.fixture(scope="module")
+def full_sequences(tiny_dir, tmp_path_factory):
+    """Each user's whole chronological sequence, taken from the test split of the same raw file processed with an
+    unbounded max_len (test input i1..i(L-1) + target iL), i.e. independently of the train split under test."""
+    out = tmp_path_factory.mktemp("full") / "processed"
+    preprocess(tiny_dir.parent / "raw.txt", "seqtxt", 5, 5, 10_000, out)
+    test = load_processed(out).test
+    return [np.r_[test.items[test.offsets[u]:test.offsets[u + 1]], test.targets[u]] for u in range(len(test.users))]
 
 
-def test_instances_use_only_positions_before_validation(tiny):
+def test_instances_use_only_positions_before_validation(tiny, full_sequences):
     max_len = tiny.max_len
-    seqs = _full_sequences(tiny)
+    seqs = full_sequences
     inputs, lengths, targets, users = prefix_instances(tiny.train, max_len)
+    # every prefix instance predicts a position 1..L-3 (0-based) from the items before it; none is L-2 or L-1
     expected = [(u, t) for u, s in enumerate(seqs) for t in range(1, len(s) - 2)]
     assert len(expected) == len(targets)
     for row, (u, t) in enumerate(expected):
         s = seqs[u]
         assert targets[row] == s[t] and users[row] == tiny.train.users[u]
         assert inputs[row, :lengths[row]].tolist() == s[max(0, t - max_len):t].tolist()
-        assert t <= len(s) - 3  # never the validation (L-2) or test (L-1) position
+
+
+def test_sequence_instances_stop_before_validation(tiny, full_sequences):
+    inputs, lengths, nexts, _ = sequence_instances(tiny.train, tiny.max_len)
+    for u, s in enumerate(full_sequences):  # the original SASRec's rows: inputs s[:L-3], next items s[1:L-2]
+        n = lengths[u]
+        assert inputs[u, :n].tolist() == s[: len(s) - 3][-n:].tolist()
+        assert nexts[u, :n].tolist() == s[1: len(s) - 2][-n:].tolist()
+
+
+def test_eval_inputs_end_right_before_their_target(tiny, full_sequences):
+    max_len = tiny.max_len
+    seqs = full_sequences
     for split, cut in (("valid", 2), ("test", 1)):
         seq, lens, tgt, _ = padded_inputs(getattr(tiny, split), max_len)
         for u, s in enumerate(seqs):

@@ -57,3 +57,24 @@ def test_per_user_metrics_arrays():
     np.testing.assert_allclose(per_user["HR@5"], [1, 1, 1, 0])
     np.testing.assert_allclose(per_user["NDCG@5"], [1, 1 / math.log2(3), 1 / math.log2(6), 0])
     np.testing.assert_allclose(per_user["MRR@5"], [1, 0.5, 0.2, 0])
+
+
+def test_metrics_agree_with_ir_measures_on_random_ranks():
+    """HR/NDCG/MRR@k against an independent implementation (ir-measures over pytrec_eval), one relevant item per user."""
+    ir_measures = pytest.importorskip("ir_measures")
+    from ir_measures import RR, Success, nDCG
+
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(0, 60, size=300)
+    qrels, run = [], []
+    for user, rank in enumerate(ranks):  # test-only construction of a ranked list with the target at `rank`
+        qid = f"u{user}"
+        qrels.append(ir_measures.Qrel(qid, "target", 1))
+        run.append(ir_measures.ScoredDoc(qid, "target", 1000.0 - rank))
+        run += [ir_measures.ScoredDoc(qid, f"other{j}", 1000.0 - j - (j >= rank)) for j in range(60)]
+    for k in (5, 10, 20, 50):
+        theirs = ir_measures.calc_aggregate([Success @ k, nDCG @ k, RR @ k], qrels, run)
+        ours = metrics_from_ranks(ranks, (k,))
+        assert ours[f"HR@{k}"] == pytest.approx(theirs[Success @ k], abs=1e-12)
+        assert ours[f"NDCG@{k}"] == pytest.approx(theirs[nDCG @ k], abs=1e-9)
+        assert ours[f"MRR@{k}"] == pytest.approx(theirs[RR @ k], abs=1e-9)

@@ -37,6 +37,8 @@ def test_published_numbers_and_the_sasrec_mapping():
     assert published("yelp", "mclrec", "NDCG@5") == 0.0332
     assert published("sports", "sasrec-bpr", "NDCG@20") == 0.0224
     assert published("sports", "sasrec", "NDCG@20") == 0.0224
+    assert published("sports", "sasrec-bce", "NDCG@20") == 0.0224
+    assert published("yelp", "cl4srec-orig", "HR@20") == published("yelp", "cl4srec", "HR@20") == 0.0623
     assert published("yelp", "duorec", "HR@20") == 0.0868
     assert published("beauty", "mclrec-no-cl2", "HR@20") == 0.1056
     assert published("sports", "mclrec-shared", "NDCG@20") == 0.0299
@@ -54,24 +56,26 @@ def test_table3_cells():
     ranks = {("beauty", "mclrec"): np.arange(6), ("beauty", "duorec"): np.full(6, 20)}
     md, df = table3(INDEX, ["beauty", "sports"], metrics=METRICS, ranks_index=ranks)
     # (0.1200 - 0.1243) / 0.1243 = -3.46%; (0.0550 - 0.0539) / 0.0539 = +2.04%
-    assert line(md, "mclrec") == "| mclrec | 0.1243 | 0.1200 ± 0.0010 | −3.5% | 0.0539 | 0.0550 ± 0.0005 | +2.0% |"
+    assert line(md, "mclrec") == "| mclrec | proposed | 0.1243 | 0.1200 ± 0.0010 | −3.5% | 0.0539 | 0.0550 ± 0.0005 | +2.0% |"
     # one seed: no ± ; (0.1000 - 0.0974) / 0.0974 = +2.67%
-    assert line(md, "cl4srec") == "| cl4srec | 0.0974 | 0.1000 | +2.7% | 0.0428 | 0.0450 | +5.1% |"
-    assert line(md, "sasrec") == "| sasrec | 0.0894 | – | – | 0.0386 | – | – |"
-    assert line(md, "sasrec-bpr") == "| sasrec-bpr | 0.0894 | – | – | 0.0386 | – | – |"
+    assert line(md, "cl4srec") == "| cl4srec | same protocol | 0.0974 | 0.1000 | +2.7% | 0.0428 | 0.0450 | +5.1% |"
+    assert line(md, "sasrec") == "| sasrec | same protocol | 0.0894 | – | – | 0.0386 | – | – |"
+    assert line(md, "sasrec-bpr") == "| sasrec-bpr | same protocol | 0.0894 | – | – | 0.0386 | – | – |"
+    assert line(md, "sasrec-bce") == "| sasrec-bce | authors' objective | 0.0894 | – | – | 0.0386 | – | – |"
+    assert line(md, "cl4srec-orig") == "| cl4srec-orig | authors' objective | 0.0974 | – | – | 0.0428 | – | – |"
     # ours: 0.12 / 0.11 - 1 = +9.1%, 0.055 / 0.05 - 1 = +10.0% (Wilcoxon p = 2/64 on the ranks);
     # paper: 0.1243 / 0.1193 - 1 = +4.2%, 0.0539 / 0.0518 - 1 = +4.1%
-    assert line(md, IMPROVEMENT_ROW) == (f"| {IMPROVEMENT_ROW} | +4.2% | +9.1% vs duorec, p=0.031 |  "
+    assert line(md, IMPROVEMENT_ROW) == (f"| {IMPROVEMENT_ROW} |  | +4.2% | +9.1% vs duorec, p=0.031 |  "
                                          "| +4.1% | +10.0% vs duorec, p=0.031 |  |")
-    assert line(md, "mclrec", 1) == "| mclrec | 0.0734 | – | – | 0.0319 | – | – |"
-    assert line(md, IMPROVEMENT_ROW, 1) == f"| {IMPROVEMENT_ROW} | +5.5% | – |  | +5.6% | – |  |"
+    assert line(md, "mclrec", 1) == "| mclrec | proposed | 0.0734 | – | – | 0.0319 | – | – |"
+    assert line(md, IMPROVEMENT_ROW, 1) == f"| {IMPROVEMENT_ROW} |  | +5.5% | – |  | +5.6% | – |  |"
     row = df[(df["row"] == "mclrec") & (df["dataset"] == "beauty") & (df["metric"] == "HR@20")].iloc[0]
     assert row["published"] == 0.1243 and row["ours_mean"] == 0.12 and row["n_seeds"] == 3
     assert row["rel_diff"] == pytest.approx(-0.0043 / 0.1243)
     imp = df[(df["row"] == IMPROVEMENT_ROW) & (df["dataset"] == "beauty") & (df["metric"] == "NDCG@20")].iloc[0]
     assert imp["best_baseline"] == "duorec" and imp["improvement"] == pytest.approx(0.1)
     assert imp["wilcoxon_p"] == pytest.approx(0.03125) and imp["n_users"] == 6
-    assert len(df) == 5 * 2 * 2 + 2 * 2
+    assert len(df) == 7 * 2 * 2 + 2 * 2
 
 
 def test_table3_without_ranks_or_runs_never_crashes():
@@ -99,3 +103,23 @@ def test_write_table_round_trips(tmp_path):
     back = pd.read_csv(tmp_path / "t" / "table3.csv")
     assert list(back.columns) == list(df.columns) and len(back) == len(df)
     assert back.loc[back["row"] == "mclrec", "ours_mean"].tolist() == [0.12, 0.055]
+
+
+def test_improvement_is_over_the_strongest_same_protocol_baseline_only():
+    index = {**INDEX, ("beauty", "sasrec-bce"): agg(0.1300, 0.0600), ("beauty", "cl4srec-orig"): agg(0.1250, 0.0590)}
+    md, df = table3(index, ["beauty"], metrics=METRICS)
+    imp = df[(df["row"] == IMPROVEMENT_ROW) & (df["metric"] == "HR@20")].iloc[0]
+    assert imp["best_baseline"] == "duorec"  # the authors'-objective runs are stronger here but not compared
+    assert line(md, "sasrec-bce").startswith("| sasrec-bce | authors' objective | 0.0894 | 0.1300 ± 0.0000 | +45.4% |")
+
+
+def test_reference_table_shows_runs_beside_the_published_cells():
+    from mclrec.report.tables import reference_table
+
+    run = {"metrics": {"test": {"HR@20": 0.1200, "NDCG@20": 0.0530}}, "epochs_run": 41, "train_seconds": 9000.0}
+    md = reference_table({("beauty", "mclrec"): run, ("beauty", "sasrec"): None}, ["beauty", "sports"],
+                         ["sasrec", "mclrec"], METRICS)
+    # (0.12 - 0.1243) / 0.1243 = -3.5%; (0.053 - 0.0539) / 0.0539 = -1.7%; 9000 s = 2.5 h
+    assert "| mclrec | proposed | 0.1243 | 0.1200 | −3.5% | 0.0539 | 0.0530 | −1.7% | 41 | 2.5 |" in md
+    assert "sasrec |" not in md and "sports" not in md and "seed 0" in md
+    assert reference_table({}, ["beauty"], ["mclrec"], METRICS) == ""

@@ -10,6 +10,8 @@ import yaml
 
 from .test_end_to_end import _project_copy, _run
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, workflows or whole trainings
+
 
 def _job_counts(work, target: str) -> dict[str, int]:
     proc = _run(["snakemake", "-n", "--cores", "4", target], work)
@@ -23,17 +25,23 @@ def project(tmp_path_factory):
 
 
 def test_dry_runs_plan_the_paper_targets(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    n_variants, n_table3 = len(params["variants"]), len(params["study"]["table3"])
     table3 = _job_counts(project, "results/tables/table3.md")
-    assert (table3["train_seed"], table3["evaluate_seed"], table3["aggregate_seeds"], table3["table"]) == (45, 45, 15, 1)
+    assert (table3["train_seed"], table3["evaluate_seed"], table3["aggregate_seeds"], table3["table"]) == (
+        n_table3 * 3 * 3, n_table3 * 3 * 3, n_table3 * 3, 1)
     assert table3["download"] == 3 and table3["preprocess"] == 3
     table4 = _job_counts(project, "results/tables/table4.md")
     assert table4["train_seed"] == 5 * 3 * 3
     grid = _job_counts(project, "results/figures/grid-beauty.png")
     assert grid["train_grid"] == 5 * 5 * 3 and grid["aggregate_grid"] == 5 * 5 and grid["dataset_figure"] == 1
+    groups = _job_counts(project, "results/figures/groups_trained.png")  # Fig. 8: 4 models x 6 groups x 3 seeds
+    assert groups["train_seed"] == 4 * 6 * 3 and groups["preprocess"] == 6 and groups["figure"] == 1
     report = _job_counts(project, "results/report.md")
-    assert report["train_seed"] == 13 * 3 * 3 and report["aggregate_seeds"] == 13 * 3 and report["curves"] == 13 * 3
-    assert report["train_grid"] == 5 * 5 * 3 * 3 and report["figure"] == 2 and report["dataset_figure"] == 3 * 3
-    assert report["table"] == 2 and report["report"] == 1
+    assert report["train_seed"] == n_variants * 3 * 3 + 4 * 6 * 3
+    assert report["aggregate_seeds"] == n_variants * 3 + 4 * 6 and report["curves"] == n_variants * 3
+    assert report["train_grid"] == 5 * 5 * 3 * 3 and report["figure"] == 3 and report["dataset_figure"] == 3 * 3
+    assert report["tsne"] == 2 * 3 and report["table"] == 2 and report["report"] == 1
 
 
 def test_slurm_profile_parses_and_plans(project):
@@ -56,6 +64,7 @@ def test_ci_sized_study_renders_the_report(tmp_path):
     report = (work / "results/report.md").read_text()
     assert "Table 3" in report and "| mclrec |" in report.replace("**", "")
     assert "figures/noise-synthetic.png" in report and "figures/curves/synthetic/sasrec.png" in report
+    assert "figures/tsne-z-synthetic.png" in report and "figures/tsne-h-synthetic.png" in report
     assert "## Environment" in report and "Seeds per run: 2 (0, 1)" in report
     aggregate = json.loads((work / "results/aggregate/synthetic/mclrec.json").read_text())
     assert aggregate["n_seeds"] == 2 and aggregate["seeds"] == [0, 1]

@@ -9,11 +9,14 @@ import pytest
 
 from mclrec import config
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, workflows or whole trainings
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("download", "preprocess")
+LENGTH_GROUPS = set(config.load_params(ROOT / "params.yaml")["study"]["length_groups"])
 STUDY_STAGES = ("train_seed", "evaluate_seed", "train_grid", "evaluate_grid", "aggregate_seeds", "aggregate_grid",
-                "table", "figure", "dataset_figure", "curves", "report")
-PROXY_DEPS = ("curves",)  # dvc.yaml: depends on the seed results, not on models/<d>/<v> (see the comment there)
+                "table", "figure", "dataset_figure", "tsne", "curves", "report")
+PROXY_DEPS = ("curves", "tsne")  # dvc.yaml: depends on the seed results, not on models/<d>/<v> (see the comment there)
 
 
 def snakemake_jobs(*targets: str) -> list[dict]:
@@ -56,9 +59,16 @@ def dvc_stages() -> dict[str, dict]:
         }
 
 
+GROUP_STAGES = {"train_seed": "train_group_seed", "evaluate_seed": "evaluate_group_seed",
+                "aggregate_seeds": "aggregate_group_seeds"}  # dvc.yaml's stages for the study.length_groups runs
+
+
 def stage_name(job: dict) -> str:
     """The DVC stage of a Snakemake job: the rule name, then its wildcard values joined as dvc.yaml's matrix does."""
-    return "@".join([job["rule"], "-".join(job["wildcards"].values())]) if job["wildcards"] else job["rule"]
+    rule = job["rule"]
+    if job["wildcards"].get("dataset") in LENGTH_GROUPS:
+        rule = GROUP_STAGES[rule]
+    return "@".join([rule, "-".join(job["wildcards"].values())]) if job["wildcards"] else rule
 
 
 def covered(path: str, deps: set[str]) -> bool:
@@ -109,19 +119,21 @@ def test_snakemake_and_dvc_declare_the_same_study_stages(study_jobs):
         assert job["outputs"] == stage["outputs"], stage_name(job)
         if job["rule"] not in PROXY_DEPS:
             assert all(covered(path, stage["deps"]) for path in job["inputs"]), stage_name(job)
-    assert {stage_name(j) for j in jobs} == {name for name in stages if name.split("@")[0] in STUDY_STAGES}
+    study_stages = set(STUDY_STAGES) | set(GROUP_STAGES.values())
+    assert {stage_name(j) for j in jobs} == {name for name in stages if name.split("@")[0] in study_stages}
 
 
 def test_study_stage_counts_follow_params(study_jobs):
     params = config.load_params(ROOT / "params.yaml")
     study = params["study"]
-    runs = len(study["datasets"]) * len(params["variants"])
+    runs = len(study["datasets"]) * len(params["variants"]) + len(study["length_groups"]) * len(study["robustness"])
     cells = len(study["datasets"]) * len(study["grid"]["lambdas"]) * len(study["grid"]["betas"])
     counts = {rule: sum(j["rule"] == rule for j in study_jobs) for rule in STUDY_STAGES}
     assert counts == {"train_seed": runs * len(study["seeds"]), "evaluate_seed": runs * len(study["seeds"]),
                       "train_grid": cells * len(study["seeds"]), "evaluate_grid": cells * len(study["seeds"]),
-                      "aggregate_seeds": runs, "aggregate_grid": cells, "table": 2, "figure": 2,
-                      "dataset_figure": 3 * len(study["datasets"]), "curves": runs, "report": 1}
+                      "aggregate_seeds": runs, "aggregate_grid": cells, "table": 2, "figure": 3,
+                      "dataset_figure": 3 * len(study["datasets"]), "tsne": 2 * len(study["datasets"]),
+                      "curves": len(study["datasets"]) * len(params["variants"]), "report": 1}
 
 
 def test_dry_run_plans_download_then_preprocess_for_yelp():

@@ -5,22 +5,43 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
 
-from mclrec import config, paths
+from mclrec import __version__, config, paths
 from mclrec.errors import MclrecError
 
 app = typer.Typer(
     help="MCLRec and baselines: download, preprocess, train, evaluate.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+
+
+class CheckpointFormat(str, Enum):
+    """Checkpoint layouts `mclrec evaluate` reads."""
+
+    mclrec = "mclrec"
+    recbole = "recbole"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mclrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """MCLRec and baselines: download, preprocess, train, evaluate."""
 
 
 def _add_report_commands() -> None:
@@ -127,6 +148,7 @@ def preprocess(
             max_len if max_len is not None else prep["max_len"],
             out or paths.processed_dir(dataset),
             extra_stats={"dataset": dataset},
+            length_group=prep.get("length_group"),
         )
         keys = ("n_users", "n_items", "n_interactions", "avg_length", "sparsity")
         err_console.print(f"{dataset}: " + ", ".join(f"{k}={stats[k]}" for k in keys))
@@ -186,7 +208,8 @@ def evaluate(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
     variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (locates the default checkpoint)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file (default models/<dataset>/<variant>/best.pt)."),
-    checkpoint_format: str = typer.Option("mclrec", help="mclrec, or recbole (a SASRec-family RecBole state dict)."),
+    checkpoint_format: CheckpointFormat = typer.Option(
+        CheckpointFormat.mclrec, help="mclrec, or recbole (a SASRec-family RecBole state dict)."),
     published: Optional[str] = typer.Option(
         None, help="A published checkpoint declared in params.yaml (checkpoints.<name>), after `mclrec download NAME`."
     ),
@@ -218,6 +241,7 @@ def evaluate(
             raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
         data = load_processed(data_dir or paths.processed_dir(dataset))
         ks = tuple(params_dict["train"]["eval_ks"])
+        checkpoint_format = CheckpointFormat(checkpoint_format).value
         result, ranks = evaluate_checkpoint(data, ckpt, checkpoint_format, device, batch_size, ks, tuple(noise), groups, seed)
         record = results_record(dataset, result, ckpt, checkpoint_format, data)
         if record["variant"] is None:

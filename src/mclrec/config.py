@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,25 @@ import yaml
 from mclrec.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """YAML loader that also reads 1e-4, 1E3 and 5e+2 as numbers (YAML 1.2, as DVC reads params.yaml).
+
+    PyYAML follows YAML 1.1, where a float needs a dot, so `lr: 1e-4` would be the string '1e-4'.
+    """
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    """Parse YAML text with ParamsLoader."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
 NAIVE_PATH = {"length_buckets": [], "batch_views": False}  # settings that turn every speed-up off (reference path)
 
 
@@ -42,6 +62,14 @@ def _check_study(params: dict, source: str) -> None:
     for name in study.get("datasets", []):
         if name not in params["datasets"]:
             raise ConfigError(f"{source}: study.datasets: '{name}' is not in datasets")
+    for name in study.get("length_groups", []):
+        if name not in params["datasets"]:
+            raise ConfigError(f"{source}: study.length_groups: '{name}' is not in datasets")
+        if "group_of" not in params["datasets"][name]:
+            raise ConfigError(f"{source}: study.length_groups: datasets.{name} has no group_of (the dataset it groups)")
+    for name, spec in params["datasets"].items():
+        if "group_of" in spec and spec["group_of"] not in params["datasets"]:
+            raise ConfigError(f"{source}: datasets.{name}.group_of: '{spec['group_of']}' is not in datasets")
     named = [(k, v) for k in ("table3", "table4", "joint_vs_meta", "robustness") for v in study.get(k, [])]
     named += [("batch_sizes", v) for v in study.get("batch_sizes", {}).values()]
     for key, name in named:
@@ -130,8 +158,8 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ConfigError(f"{path}: no such params file (run from the project root or pass --params)")
     text = path.read_text(encoding="utf-8")
     try:
-        root = yaml.compose(text)
-        params = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=ParamsLoader)
+        params = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -176,7 +204,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         try:
-            overrides[key.strip()] = yaml.safe_load(value)
+            overrides[key.strip()] = load_yaml(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {pair!r}: value is not valid YAML ({exc})") from None
     _validate_settings(overrides, "--set")
@@ -202,5 +230,8 @@ def resolve_run(params: dict, dataset: str, variant: str, overrides: dict | None
     settings.update({k: copy.deepcopy(v) for k, v in var.items() if k not in ("model", "description")})
     settings.update(overrides or {})
     settings.update(dataset=dataset, variant=variant, model=model, max_len=spec["preprocess"]["max_len"])
+    if settings["loss"] == "bce" and model != "sasrec":
+        raise ConfigError(f"params.yaml: variants.{variant}: loss 'bce' (the original SASRec objective, trained on whole "
+                          f"sequences) is available for model 'sasrec' only, not '{model}'")
     return settings
 

@@ -1,20 +1,16 @@
 # Shared configuration and small lookup helpers for the rules (no pipeline logic here).
 
-from mclrec.config import SCHEMA_PATH, resolve_run, settings_defaults, study_defaults
-from snakemake.utils import validate
+import os
+
+from mclrec.config import load_params, resolve_run
 
 from mclrec.training.device import cuda_available
 
-
-configfile: "params.yaml"
-
-
-validate(config, str(SCHEMA_PATH), set_default=False)
-config["train"] = {**settings_defaults(), **config["train"]}
+# params.yaml read exactly as the CLI reads it: schema-validated (errors name file, line and key), defaults
+# filled in, numbers such as 1e-4 parsed as numbers (YAML 1.2, as DVC reads the file too).
+config.update(load_params("params.yaml"))
 
 PROCESSED_FILES = ["train.parquet", "valid.parquet", "test.parquet", "items.parquet", "users.parquet", "stats.json"]
-
-config["study"] = {**study_defaults(), **config.get("study", {})}
 
 DATASETS = list(config["datasets"])
 VARIANTS = list(config["variants"])
@@ -22,7 +18,7 @@ CHECKPOINTS = config.get("checkpoints", {})
 STUDY = config["study"]
 CUDA_AVAILABLE = cuda_available()
 SEEDS = STUDY["seeds"]
-FIGURES = ["joint_vs_meta", "batch_sizes"]
+FIGURES = ["joint_vs_meta", "batch_sizes", "groups_trained"]
 DATASET_FIGURES = ["noise", "groups", "grid"]
 
 
@@ -36,6 +32,7 @@ wildcard_constraints:
     beta="[0-9.]+",
     figure="|".join(FIGURES),
     kind="|".join(DATASET_FIGURES),
+    view="z|h",
     filename="[^/]+",
 
 
@@ -123,10 +120,30 @@ def table_inputs(wildcards):
     return aggregates(STUDY[f"table{wildcards.number}"])
 
 
+TSNE_VARIANTS = {"z": ["mclrec", "mclrec-no-reg"], "h": ["mclrec", "mclrec-j"]}  # Fig. 2 and Fig. 5
+
+
+def tsne_checkpoints(wildcards):
+    """The first study seed's checkpoints whose views a t-SNE figure maps (of the variants params.yaml declares)."""
+    variants = [v for v in TSNE_VARIANTS[wildcards.view] if v in VARIANTS]
+    return expand("models/{dataset}/{variant}/seed{seed}/best.pt", dataset=wildcards.dataset, variant=variants,
+                  seed=SEEDS[0])
+
+
+def reference_results(wildcards):
+    """The committed reference runs (results/reference/<d>/<v>.json) that exist for Table 3's datasets and variants."""
+    if wildcards.number != "3":
+        return []
+    found = expand("results/reference/{dataset}/{variant}.json", dataset=STUDY["datasets"], variant=STUDY["table3"])
+    return [path for path in found if os.path.exists(path)]
+
+
 def figure_inputs(wildcards):
     """Aggregates a cross-dataset figure (Fig. 3, Fig. 4) needs."""
     if wildcards.figure == "joint_vs_meta":
         return aggregates(STUDY["joint_vs_meta"])
+    if wildcards.figure == "groups_trained":
+        return aggregates(STUDY["robustness"], STUDY["length_groups"]) if STUDY["length_groups"] else []
     return aggregates(list(STUDY["batch_sizes"].values()))
 
 
@@ -143,7 +160,9 @@ def report_inputs():
     return {
         "tables": expand("results/tables/table{number}.{ext}", number=(3, 4), ext=("md", "csv")),
         "figures": expand("results/figures/{figure}.png", figure=FIGURES)
-        + expand("results/figures/{kind}-{dataset}.png", kind=DATASET_FIGURES, dataset=STUDY["datasets"]),
+        + expand("results/figures/{kind}-{dataset}.png", kind=DATASET_FIGURES, dataset=STUDY["datasets"])
+        + expand("results/figures/tsne-{view}-{dataset}.png", dataset=STUDY["datasets"],
+                 view=[view for view, names in TSNE_VARIANTS.items() if set(names) & set(VARIANTS)]),
         "curves": expand("results/figures/curves/{dataset}/{variant}.png", dataset=STUDY["datasets"], variant=VARIANTS),
         "aggregates": aggregates(VARIANTS),
     }

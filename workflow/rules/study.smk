@@ -107,6 +107,7 @@ rule aggregate_grid:
 rule table:
     input:
         table_inputs,
+        reference_results,
     output:
         md="results/tables/table{number}.md",
         csv=report("results/tables/table{number}.csv", caption="../report/table.rst", category="Tables",
@@ -139,6 +140,18 @@ rule dataset_figure:
         "logs/report/{kind}-{dataset}.log",
     shell:
         "mclrec report figure {wildcards.kind}-{wildcards.dataset} 2> {log}"
+
+
+rule tsne:
+    input:
+        tsne_checkpoints,
+    output:
+        report("results/figures/tsne-{view}-{dataset}.png", caption="../report/figure.rst", category="Figures",
+               subcategory="{dataset}", labels={"figure": "tsne-{view}", "dataset": "{dataset}"}),
+    log:
+        "logs/report/tsne-{view}-{dataset}.log",
+    shell:
+        "mclrec report tsne {wildcards.view} {wildcards.dataset} 2> {log}"
 
 
 rule curves:

@@ -36,10 +36,13 @@ def preprocess(
     out_dir: Path,
     extra_stats: dict | None = None,
     *,
+    length_group: dict | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict:
     """Build the processed dataset in `out_dir`; return its stats (also written to stats.json).
 
+    `length_group` ({"min": a, "max": b or None}) keeps only the users whose k-core sequence length lies in
+    [a, b], renumbered 1..U in their order, with the whole k-core item catalogue (the paper's Table 5 groups).
     `timings`, when given, receives the seconds spent per stage (read, hash, kcore, split, write).
     """
     raw_path, out_dir = Path(raw_path), Path(out_dir)
@@ -58,6 +61,8 @@ def preprocess(
     lap("kcore")
     users, items, user_codes, item_codes = remap_ids(order_chronologically(kept))
     offsets, flat = build_sequences(users, items, len(user_codes))
+    if length_group is not None:
+        offsets, flat, user_codes = select_lengths(offsets, flat, user_codes, length_group, raw_path)
     train, valid, test = leave_one_out(offsets, flat, max_len)
     tables = {
         "train": train,
@@ -71,12 +76,26 @@ def preprocess(
         **dataset_stats(offsets, len(item_codes), max_len),
         "user_k": user_k,
         "item_k": item_k,
+        **({"length_group": dict(length_group)} if length_group is not None else {}),
     }
     stats.update(_checked_extra(extra_stats or {}, stats))
     lap("split")
     _write(out_dir, tables, stats)
     lap("write")
     return stats
+
+
+def select_lengths(offsets: np.ndarray, flat: np.ndarray, user_codes: np.ndarray, group: dict,
+                   source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The users whose sequence length is in [group["min"], group["max"]] (max None: no bound), in order."""
+    lengths = np.diff(offsets)
+    low, high = group["min"], group.get("max")
+    keep = (lengths >= low) & (lengths <= (high if high is not None else lengths.max()))
+    if not keep.any():
+        raise DataError(f"{source}: no user has a sequence length in [{low}, {high if high is not None else 'inf'}]")
+    per_item = np.repeat(keep, lengths)
+    new_offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(offsets.dtype)
+    return new_offsets, flat[per_item], np.asarray(user_codes)[keep]
 
 
 def dataset_stats(offsets: np.ndarray, n_items: int, max_len: int) -> dict[str, Any]:

@@ -79,6 +79,22 @@ def prefix_instances(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray
     return inputs, lengths, targets, split.users[owner].astype(np.int64)
 
 
+def sequence_instances(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per user with a non-empty input, for sequence-to-sequence training (the original SASRec):
+    (inputs [U, max_len], lengths, next items [U, max_len], users).
+
+    With s = input + [target], the row holds the last max_len items of s[:-1] and, aligned with them, the
+    next items s[1:]: input position t predicts next[t]. Both are right-padded with 0.
+    """
+    inputs, lengths, targets, users = padded_inputs(split, max_len)
+    keep = lengths > 0
+    inputs, lengths, targets, users = inputs[keep], lengths[keep], targets[keep], users[keep]
+    nexts = np.zeros_like(inputs)
+    nexts[:, :-1] = inputs[:, 1:]
+    nexts[np.arange(len(inputs)), lengths - 1] = targets
+    return inputs, lengths, nexts, users
+
+
 def padded_inputs(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One row per user: (inputs [U, max_len] = last max_len items right-padded, lengths, targets, users)."""
     lengths = np.minimum(split.lengths, max_len).astype(np.int64)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from mclrec import __version__
 from mclrec.data.processed import ProcessedData
+from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
 from mclrec.evaluation.metrics import metrics_from_ranks
 from mclrec.evaluation.ranking import rank_all
@@ -102,8 +101,8 @@ def results_record(dataset: str, result: dict[str, Any], checkpoint: Path, fmt: 
         "checkpoint_format": fmt,
         "checkpoint_sha256": sha256_file(checkpoint),
         "data": {"n_users": data.n_users, "n_items": data.n_items, "raw_sha256": data.stats.get("raw_sha256")},
-        "environment": {"mclrec": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-                        "platform": platform.platform(), "device": summary.get("device")},
+        "environment": {**run_environment(torch.get_num_threads()), "device": summary.get("device"),
+                        "training": summary.get("environment")},
     }
 
 

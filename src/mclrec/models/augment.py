@@ -39,12 +39,13 @@ def crop(seq: Tensor, lengths: Tensor, ratio: float, generator: torch.Generator)
     return torch.where(kept, seq.gather(1, source), 0), window
 
 
-def mask(seq: Tensor, lengths: Tensor, ratio: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Set floor(ratio*len) distinct random positions among the first len to 0 (padding id)."""
+def mask(seq: Tensor, lengths: Tensor, ratio: float, generator: torch.Generator,
+         mask_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Set floor(ratio*len) distinct random positions among the first len to `mask_id` (0: the padding id)."""
     positions = torch.arange(seq.shape[1], device=seq.device)
     keys = uniform(seq.shape, generator, seq.device).masked_fill(positions >= lengths[:, None], 2.0)
     rank = keys.argsort(dim=1).argsort(dim=1)  # rank of each position's key; padding ranks last
-    return seq.masked_fill(rank < count(lengths, ratio)[:, None], 0), lengths
+    return seq.masked_fill(rank < count(lengths, ratio)[:, None], mask_id), lengths
 
 
 def reorder(seq: Tensor, lengths: Tensor, ratio: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -67,14 +68,16 @@ def operator_pairs(batch_size: int, generator: torch.Generator, device: torch.de
 
 
 def two_views(seq: Tensor, lengths: Tensor, generator: torch.Generator, crop_ratio: float = 0.5,
-              mask_ratio: float = 0.5, reorder_ratio: float = 0.8) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              mask_ratio: float = 0.5, reorder_ratio: float = 0.8,
+              mask_id: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Two views S~1 = g1(S), S~2 = g2(S) (Eq. 4) with distinct g1 != g2 per row; rows of length 1 are unchanged.
 
     Each operator is applied once to the whole batch and each row picks its two results, so a row's two views use
-    independent randomness. Returns (view1, lengths1, view2, lengths2).
+    independent randomness. `mask_id` is what the mask puts in place of an item. Returns (view1, lengths1, view2,
+    lengths2).
     """
     pairs = operator_pairs(seq.shape[0], generator, seq.device)
-    candidates = [crop(seq, lengths, crop_ratio, generator), mask(seq, lengths, mask_ratio, generator),
+    candidates = [crop(seq, lengths, crop_ratio, generator), mask(seq, lengths, mask_ratio, generator, mask_id),
                   reorder(seq, lengths, reorder_ratio, generator)]
     all_seqs = torch.stack([s for s, _ in candidates])  # [3, B, L]
     all_lengths = torch.stack([n for _, n in candidates])  # [3, B]

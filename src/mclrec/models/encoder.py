@@ -98,6 +98,12 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(**layer_kwargs) for _ in range(n_layers))
 
+    def all_positions(self, x: Tensor, attention_mask: Tensor) -> Tensor:
+        """Hidden states at every position, [B, L, H] (for objectives that read every position)."""
+        for block in self.layer:
+            x = block(x, attention_mask)
+        return x
+
     def forward(self, x: Tensor, attention_mask: Tensor, last: Tensor) -> Tensor:
         """Hidden state at position last[b] of each row, [B, H].
 
@@ -174,13 +180,22 @@ class SASRecEncoder(nn.Module):
 
     def encode(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
         """The reference computation on the whole padded batch (no length buckets)."""
+        x = self.embed(item_seq)
+        return self.trm_encoder(x, attention_mask(item_seq, x.dtype), lengths - 1)  # h_n of H^u = f_theta(e^u), Eq. 2
+
+    def sequence_states(self, item_seq: Tensor) -> Tensor:
+        """H^u = f_theta(e^u) at every position (Eq. 2), [B, L, H]; position t sees items 0..t."""
+        x = self.embed(item_seq)
+        return self.trm_encoder.all_positions(x, attention_mask(item_seq, x.dtype))
+
+    def embed(self, item_seq: Tensor) -> Tensor:
+        """e^u = m_s + p (Sec. 2.2.1), then LayerNorm and dropout, [B, L, H]."""
         L = item_seq.shape[1]
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
         positions = torch.arange(L, device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)  # e^u = m_s + p (Sec. 2.2.1)
-        x = self.dropout(self.LayerNorm(x))
-        return self.trm_encoder(x, attention_mask(item_seq, x.dtype), lengths - 1)  # h_n of H^u = f_theta(e^u), Eq. 2
+        x = self.item_embedding(item_seq) + self.position_embedding(positions)
+        return self.dropout(self.LayerNorm(x))
 
     def item_weights(self) -> Tensor:
         """Item embedding rows used as the training softmax's classes (Eq. 3): padding row 0 and items 1..n_items.

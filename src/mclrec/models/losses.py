@@ -110,6 +110,19 @@ def bpr_loss(h: Tensor, item_weights: Tensor, targets: Tensor, negatives: Tensor
     return -F.logsigmoid(pos - neg).mean()
 
 
+def bce_loss(states: Tensor, item_weights: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+    """The original SASRec objective (Kang & McAuley 2018, Eq. 6): at every position t with positives[b, t] != 0,
+    -log sigmoid(s_pos) - log(1 - sigmoid(s_neg)) for the next item and one negative; mean over those positions.
+
+    states [B, L, H] are the encoder outputs at every position; positives/negatives [B, L] index item_weights.
+    """
+    target = positives != 0
+    pos = (states * item_weights[positives]).sum(dim=-1)
+    neg = (states * item_weights[negatives]).sum(dim=-1)
+    per_position = -(F.logsigmoid(pos) + F.logsigmoid(-neg))  # log(1 - sigmoid(x)) = logsigmoid(-x)
+    return per_position[target].sum() / target.sum()
+
+
 def sample_negatives(targets: Tensor, n_items: int, generator: torch.Generator) -> Tensor:
     """One item per row, uniform over 1..n_items without the row's target (ids 1..n_items)."""
     draw = torch.randint(1, n_items, targets.shape, generator=generator, device=generator.device).to(targets.device)

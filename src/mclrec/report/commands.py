@@ -8,16 +8,16 @@ from typing import Optional
 
 import typer
 
-from mclrec import config
+from mclrec import config, paths
 
 report_app = typer.Typer(help="The paper study: seed evaluation and aggregates, tables, figures, curves, report.",
                          no_args_is_help=True)
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 ResultsOpt = typer.Option(Path("results"), help="Results root.")
-FIGURES = ("joint_vs_meta", "batch_sizes", "noise-<dataset>", "groups-<dataset>", "grid-<dataset>")
+FIGURES = ("joint_vs_meta", "batch_sizes", "groups_trained", "noise-<dataset>", "groups-<dataset>", "grid-<dataset>")
 DATASET_FIGURES = {"grid": "Fig. 6: lambda x beta", "noise": "Fig. 7: test-time noise",
-                   "groups": "Fig. 8: sequence length groups"}
+                   "groups": "Fig. 8 (one model scored per length group)"}
 COMMANDS = ["snakemake --cores all results/report.md", "snakemake --report results/report.html results/report.md"]
 ModelsOpt = typer.Option(Path("models"), help="Models root (run folders and training logs).")
 
@@ -81,8 +81,11 @@ def table(
     params: Path = ParamsOpt,
     results: Path = ResultsOpt,
     out: Path = typer.Option(Path("results/tables"), help="Folder for table<N>.md and .csv."),
+    reference: Path = typer.Option(Path("results/reference"),
+                                   help="Committed reference runs (<dataset>/<variant>.json), shown under Table 3."),
 ) -> None:
-    """Published vs our mean ± std and relative difference; Table 3 adds mclrec vs the best baseline with a paired test."""
+    """Published vs our mean ± std and relative difference; Table 3 adds mclrec vs the strongest same-protocol
+    baseline with a paired test, and the committed reference runs beside the published cells."""
     from mclrec.report import tables
     from mclrec.report.aggregate import SEED_AGGREGATE, load_index, load_ranks_index
 
@@ -95,6 +98,8 @@ def table(
         if number == 3:
             ranks = load_ranks_index(results, study["datasets"], variants, SEED_AGGREGATE)
             md, frame = tables.table3(index, study["datasets"], variants, ranks_index=ranks)
+            references = load_index(reference, study["datasets"], variants)
+            md += "\n" + tables.reference_table(references, study["datasets"], variants)
         else:
             md, frame = tables.table4(index, study["datasets"], variants)
         tables.write_table(md, frame, out / f"table{number}.md", out / f"table{number}.csv")
@@ -118,6 +123,8 @@ def figure(
         if name == "joint_vs_meta":
             index = load_index(results, datasets, study["joint_vs_meta"], SEED_AGGREGATE)
             figures.plot_joint_vs_meta(index, datasets, path, variants=study["joint_vs_meta"])
+        elif name == "groups_trained":
+            _groups_trained_figure(config.load_params(params), results, path)
         elif name == "batch_sizes":
             by_batch = {int(b): v for b, v in study["batch_sizes"].items()}
             index = load_index(results, datasets, list(by_batch.values()), SEED_AGGREGATE)
@@ -142,6 +149,53 @@ def _robustness_figure(kind: str, dataset: str, study: dict, results: Path, path
         figures.plot_noise(records, [0.0, *study["noise"]], path, title=f"{dataset}: NDCG@20 vs test-time noise")
     else:
         figures.plot_groups(records, path, title=f"{dataset}: NDCG@20 by sequence length")
+
+
+def _groups_trained_figure(params: dict, results: Path, path: Path) -> None:
+    """Fig. 8 as the paper ran it: the robustness variants trained on each study.length_groups dataset."""
+    from mclrec.report import figures
+    from mclrec.report.aggregate import SEED_AGGREGATE, load_index
+
+    study = params["study"]
+    by_parent: dict[str, list[str]] = {}
+    for group in study["length_groups"]:
+        by_parent.setdefault(params["datasets"][group]["group_of"], []).append(group)
+    index = load_index(results, study["length_groups"], study["robustness"], SEED_AGGREGATE)
+    figures.plot_groups_trained(index, by_parent, study["robustness"], path)
+
+
+TSNE_FIGURES = {  # figure kind -> (views, title, {panel label: variant})
+    "z": ("z", "Fig. 2: model-augmented views z1, z2 (t-SNE)", {"MCLRec (with R)": "mclrec", "without R": "mclrec-no-reg"}),
+    "h": ("h", "Fig. 5: data-augmented views h1, h2 (t-SNE)", {"MCLRec (meta)": "mclrec", "MCLRec-J (joint)": "mclrec-j"}),
+}
+
+
+@report_app.command()
+def tsne(
+    kind: str = typer.Argument(..., help="z (Fig. 2: z1/z2 with and without R) or h (Fig. 5: h1/h2, meta vs joint)."),
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    params: Path = ParamsOpt,
+    models: Path = ModelsOpt,
+    out: Path = typer.Option(Path("results/figures"), help="Folder for tsne-<kind>-<dataset>.png."),
+    users: int = typer.Option(60, help="Test users sampled (the same for every model)."),
+    seed: int = typer.Option(0, help="Seed of the user sample, the augmentations and t-SNE."),
+) -> None:
+    """t-SNE maps of the learned views from the first study seed's checkpoints (Figs. 2 and 5)."""
+    from mclrec.data.processed import load_processed
+    from mclrec.report import tsne as tsne_maps
+
+    with _guard():
+        if kind not in TSNE_FIGURES:
+            raise config.ConfigError(f"t-SNE figure '{kind}': choose z (Fig. 2) or h (Fig. 5)")
+        study = config.load_params(params)["study"]
+        views, title, variants = TSNE_FIGURES[kind]
+        data = load_processed(paths.processed_dir(dataset))
+        rows = tsne_maps.sample_users(data.n_users, users, seed)
+        panels = {}
+        for label, variant in variants.items():
+            checkpoint = models / dataset / variant / f"seed{study['seeds'][0]}" / "best.pt"
+            panels[label] = tsne_maps.view_embeddings(checkpoint, data, rows, seed) if checkpoint.is_file() else None
+        tsne_maps.plot_tsne(panels, views, out / f"tsne-{kind}-{dataset}.png", f"{dataset}: {title}", seed)
 
 
 def _grid_figure(dataset: str, study: dict, results: Path, path: Path) -> None:
@@ -196,9 +250,11 @@ def render(
             md = results / "tables" / f"table{number}.md"
             sections.append((title, md.read_text() if md.is_file() else f"`{md}` not built yet."))
         figs = [("figures/joint_vs_meta.png", "Fig. 3: joint vs meta"),
-                ("figures/batch_sizes.png", "Fig. 4: batch size")]
+                ("figures/batch_sizes.png", "Fig. 4: batch size"),
+                ("figures/groups_trained.png", "Fig. 8 as the paper ran it (models trained per length group)")]
         figs += [(f"figures/{kind}-{d}.png", f"{title}, {d}")
                  for kind, title in DATASET_FIGURES.items() for d in datasets]
+        figs += [(f"figures/tsne-{kind}-{d}.png", f"{spec[1]}, {d}") for kind, spec in TSNE_FIGURES.items() for d in datasets]
         sections.append(("Figures", _figure_links(figs, results, output) or "No figures built yet."))
         runs = [(f"figures/curves/{d}/{v}.png", f"{d} / {v}") for d in datasets for v in params_dict["variants"]]
         sections.append(("Training curves", _figure_links(runs, results, output) or "No training curves built yet."))

@@ -222,6 +222,22 @@ def plot_groups(records_by_variant: Mapping[str, Record | None], path: str | os.
     save_png(fig, path)
 
 
+def plot_groups_trained(index: ResultsIndex, groups_by_parent: Mapping[str, Sequence[str]], variants: Sequence[str],
+                        path: str | os.PathLike, metric: str = "NDCG@20") -> None:
+    """Fig. 8 as the paper ran it: one panel per parent dataset, grouped bars of `metric` per length-group dataset
+    (each model trained and evaluated on that group alone), one bar per variant, seed std as error bars."""
+    if not groups_by_parent:
+        plot_no_runs(path, f"{metric} by user group (models trained per group)")
+        return
+    fig, axes = _figure(len(groups_by_parent))
+    for ax, (parent, groups) in zip(axes, groups_by_parent.items()):
+        series = {v: [metric_of(index.get((g, v)), metric) for g in groups] for v in variants}
+        errors = {v: [std_of(index.get((g, v)), metric) for g in groups] for v in variants}
+        _bars(ax, list(groups), series, errors)
+        ax.set(xlabel="user group (trained and evaluated alone)", ylabel=metric, title=parent)
+    save_png(fig, path)
+
+
 def grid_values(records: Sequence[Record], lambdas: Sequence[float], betas: Sequence[float], metric: str,
                 split: str = "test") -> np.ndarray:
     """[lambdas x betas] array of `metric`, each record placed by its config's lambda_cl1 and beta (nan = no run)."""

@@ -11,19 +11,19 @@ import pandas as pd
 
 from mclrec.io import atomic_open
 from mclrec.report.formatting import MISSING, fmt_mean_std, fmt_p, fmt_pct, fmt_value, is_missing, markdown_grid
-from mclrec.report.published import published
+from mclrec.report.published import SAME_PROTOCOL, kind, published
 from mclrec.report.significance import paired_test
 
 ResultsIndex = Mapping[tuple[str, str], Mapping[str, Any] | None]
 RanksIndex = Mapping[tuple[str, str], np.ndarray | None]
 
-TABLE3_VARIANTS = ("sasrec", "sasrec-bpr", "cl4srec", "duorec", "mclrec")
+TABLE3_VARIANTS = ("sasrec", "sasrec-bpr", "sasrec-bce", "cl4srec", "cl4srec-orig", "duorec", "mclrec")
 TABLE3_METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 TABLE4_VARIANTS = ("mclrec", "mclrec-no-cl1", "mclrec-no-cl2", "mclrec-no-reg", "mclrec-shared")
 TABLE4_METRICS = ("HR@20", "NDCG@20")
 TARGET = "mclrec"
-IMPROVEMENT_ROW = "mclrec vs best baseline"
-COLUMNS = ("row", "dataset", "metric", "published", "ours_mean", "ours_std", "n_seeds", "rel_diff",
+IMPROVEMENT_ROW = "mclrec vs best same-protocol baseline"
+COLUMNS = ("row", "kind", "dataset", "metric", "published", "ours_mean", "ours_std", "n_seeds", "rel_diff",
            "best_baseline", "improvement", "improvement_published", "wilcoxon_p", "ttest_p", "n_users")
 NAN = float("nan")
 
@@ -57,7 +57,7 @@ def comparison_rows(index: ResultsIndex, datasets: Sequence[str], variants: Sequ
             for metric in metrics:
                 mean, std, n = ours(index.get((dataset, variant)), metric)
                 pub = _pub(dataset, variant, metric)
-                rows.append({"row": variant, "dataset": dataset, "metric": metric, "published": pub, "ours_mean": mean,
+                rows.append({"row": variant, "kind": kind(variant), "dataset": dataset, "metric": metric, "published": pub, "ours_mean": mean,
                              "ours_std": std, "n_seeds": n, "rel_diff": rel_diff(mean, pub)})
     return rows
 
@@ -75,11 +75,11 @@ def _split_metric(metric: str) -> tuple[str, int]:
 
 
 def improvement_row(index: ResultsIndex, ranks: RanksIndex, dataset: str, metric: str, baselines: Sequence[str]) -> dict[str, Any]:
-    """mclrec's relative improvement over the best baseline (ours and published) and the paired-test p-values."""
+    """mclrec's relative improvement over the best of `baselines` (ours and published) and the paired-test p-values."""
     target, _, _ = ours(index.get((dataset, TARGET)), metric)
     best = _best({b: ours(index.get((dataset, b)), metric)[0] for b in baselines})
     pub_best = _best({b: _pub(dataset, b, metric) for b in baselines})
-    row = {"row": IMPROVEMENT_ROW, "dataset": dataset, "metric": metric, "best_baseline": best,
+    row = {"row": IMPROVEMENT_ROW, "kind": "", "dataset": dataset, "metric": metric, "best_baseline": best,
            "improvement": rel_diff(target, ours(index.get((dataset, best)), metric)[0]) if best else NAN,
            "improvement_published": rel_diff(_pub(dataset, TARGET, metric), _pub(dataset, pub_best, metric)) if pub_best else NAN,
            "wilcoxon_p": NAN, "ttest_p": NAN, "n_users": NAN}
@@ -104,16 +104,18 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
     return [fmt_pct(row["improvement_published"]), ours_cell, ""]
 
 
-def to_markdown(df: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str]) -> str:
-    """One Markdown table per dataset: a row per variant, columns paper | ours | Δ per metric."""
-    header = ["Variant"] + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")]
+def to_markdown(df: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str], with_kind: bool = False) -> str:
+    """One Markdown table per dataset: a row per variant (and its kind), columns paper | ours | Δ per metric."""
+    header = ["Variant"] + (["Kind"] if with_kind else []) + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")]
     blocks = []
     for dataset in datasets:
         sub = df[df["dataset"] == dataset]
         lines = []
         for label in dict.fromkeys(sub["row"]):
-            by_metric = {r["metric"]: r for r in sub[sub["row"] == label].to_dict("records")}
-            lines.append([label] + [cell for m in metrics for cell in _cells(by_metric[m])])
+            records = sub[sub["row"] == label].to_dict("records")
+            by_metric = {r["metric"]: r for r in records}
+            lead = [label] + ([records[0]["kind"]] if with_kind else [])
+            lines.append(lead + [cell for m in metrics for cell in _cells(by_metric[m])])
         blocks.append(f"**{dataset}**\n\n" + markdown_grid(header, lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -125,10 +127,14 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 NOTE3 = ("Test split, full ranking. paper = published value; ours = mean ± sample std over seeds; "
-         "Δ = (ours − paper) / paper. Last row: relative improvement of mclrec over the best of these baselines "
-         "(paper column: over the best published baseline among them); p = two-sided Wilcoxon signed-rank test "
-         "on per-user values, mclrec vs that baseline. The paper's SASRec numbers were trained with BPR "
-         "(our sasrec-bpr) and are shown beside both SASRec variants. – = no run yet.\n")
+         "Δ = (ours − paper) / paper. Kind: *same protocol* = trained exactly as MCLRec is (prefixes, cross-entropy "
+         "or BPR, our encoder, MCLRec's augmentation operators), so only the method differs; *authors' objective* = "
+         "the baseline's own objective or augmentation settings, which is how the paper's baseline cells were made "
+         "(the MCLRec authors ran each baseline's public code: sasrec-bce is kang205/SASRec's objective, "
+         "cl4srec-orig the linked CL4SRec's augmentation). A published SASRec or CL4SRec cell is shown beside every "
+         "variant of that baseline. Last row: relative improvement of mclrec over the strongest same-protocol "
+         "baseline (paper column: over the best published baseline); p = two-sided Wilcoxon signed-rank test on "
+         "per-user values, mclrec vs that baseline. – = no run yet.\n")
 NOTE4 = ("Test split, full ranking, HR@20 / NDCG@20 as in the paper's Table 4. paper = published value; "
          "ours = mean ± sample std over seeds; Δ = (ours − paper) / paper. – = no run yet.\n")
 
@@ -137,11 +143,41 @@ def table3(results_index: ResultsIndex, datasets: Sequence[str], variants: Seque
            metrics: Sequence[str] = TABLE3_METRICS, ranks_index: RanksIndex | None = None) -> tuple[str, pd.DataFrame]:
     """Table 3: published vs ours per variant, plus the mclrec-vs-best-baseline row (with p-values given ranks)."""
     rows = comparison_rows(results_index, datasets, variants, metrics)
-    baselines = [v for v in variants if v != TARGET]
+    baselines = [v for v in variants if kind(v) == SAME_PROTOCOL]
     if TARGET in variants and baselines:
         rows += [improvement_row(results_index, ranks_index or {}, d, m, baselines) for d in datasets for m in metrics]
     df = _frame(rows)
-    return to_markdown(df, datasets, metrics) + "\n" + NOTE3, df
+    return to_markdown(df, datasets, metrics, with_kind=True) + "\n" + NOTE3, df
+
+
+REFERENCE_NOTE = ("Reference runs: models trained by this project with seed 0 on the CPU and committed under "
+                  "results/reference/<dataset>/ (results JSON, log.jsonl, summary.json). One seed each, so Δ "
+                  "includes seed noise; the paper's baseline cells come from each baseline's own code (see Kind).\n")
+
+
+def reference_table(reference_index: ResultsIndex, datasets: Sequence[str], variants: Sequence[str],
+                    metrics: Sequence[str] = TABLE3_METRICS) -> str:
+    """The committed reference runs beside the published cells (paper | ours | Δ), with epochs and wall time;
+    empty when there is none."""
+    header = ["Variant", "Kind"] + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")] + ["epochs", "hours"]
+    blocks = []
+    for dataset in datasets:
+        lines = []
+        for variant in variants:
+            record = reference_index.get((dataset, variant))
+            if not record:
+                continue
+            cells = []
+            for metric in metrics:
+                value, _, _ = ours(record, metric)
+                cells += [fmt_value(_pub(dataset, variant, metric)), fmt_value(value),
+                          fmt_pct(rel_diff(value, _pub(dataset, variant, metric)))]
+            hours = record.get("train_seconds")
+            lines.append([variant, kind(variant)] + cells + [str(record.get("epochs_run", MISSING)),
+                                                              f"{hours / 3600:.1f}" if hours else MISSING])
+        if lines:
+            blocks.append(f"**{dataset}, reference runs**\n\n" + markdown_grid(header, lines))
+    return "\n\n".join(blocks) + "\n\n" + REFERENCE_NOTE if blocks else ""
 
 
 def table4(results_index: ResultsIndex, datasets: Sequence[str], variants: Sequence[str] = TABLE4_VARIANTS,

@@ -8,12 +8,12 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from mclrec.data.processed import ProcessedData, padded_inputs, prefix_instances
+from mclrec.data.processed import ProcessedData, padded_inputs, prefix_instances, sequence_instances
 
 
 @dataclass
 class Instances:
-    """Right-padded inputs [N, L], their lengths and targets, all on one device."""
+    """Right-padded inputs [N, L], their lengths and targets ([N], or [N, L] next items per position), on one device."""
 
     seq: Tensor
     lengths: Tensor
@@ -26,13 +26,20 @@ class Instances:
         """Rows `index`, padding trimmed to the longest of them (exact: right padding, causal attention)."""
         lengths = self.lengths[index]
         width = int(lengths.max())
-        return self.seq[index, :width], lengths, self.targets[index]
+        targets = self.targets[index]
+        return self.seq[index, :width], lengths, targets[:, :width] if targets.dim() == 2 else targets
 
 
 def training_instances(data: ProcessedData, device: torch.device) -> Instances:
     """All prefix instances of the training part (RecBole style), on `device`."""
     seq, lengths, targets, _ = prefix_instances(data.train, data.max_len)
     return _to_device(seq, lengths, targets, device)
+
+
+def sequence_training_instances(data: ProcessedData, device: torch.device) -> Instances:
+    """One row per user: the training sequence's inputs and the next item at every position (original SASRec)."""
+    seq, lengths, nexts, _ = sequence_instances(data.train, data.max_len)
+    return _to_device(seq, lengths, nexts, device)
 
 
 def eval_instances(data: ProcessedData, split: str, device: torch.device) -> Instances:
@@ -80,3 +87,45 @@ class SameTargetIndex:
         own = self.rank_in_group[index]
         pick = torch.where(size > 1, draw + (draw >= own).long(), own)
         return self.order[self.group_start[targets] + pick]
+
+
+@dataclass
+class SeenItems:
+    """The items of each training row (input and target), for drawing negatives the user never had in training.
+
+    Membership is one sorted key array (row * stride + item) and a searchsorted, so a batch is checked at once.
+    The held-out valid/test items are not excluded: that would let the training see them.
+    """
+
+    keys: Tensor
+    stride: int
+    n_items: int
+
+    MAX_ROUNDS = 1000
+
+    @classmethod
+    def build(cls, instances: Instances, n_items: int) -> "SeenItems":
+        """Index the items of every row of sequence instances (inputs and next items)."""
+        stride = n_items + 1
+        rows = torch.arange(len(instances), device=instances.seq.device)[:, None]
+        keys = torch.cat([(rows * stride + instances.seq).flatten(), (rows * stride + instances.targets).flatten()])
+        return cls(torch.unique(keys), stride, n_items)  # padding (item 0) keys are harmless: 0 is never drawn
+
+    def contains(self, rows: Tensor, items: Tensor) -> Tensor:
+        """Whether items[b, t] is among the training items of row rows[b]."""
+        keys = rows[:, None] * self.stride + items
+        found = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return self.keys[found] == keys
+
+    def sample(self, rows: Tensor, shape: tuple[int, int], generator: torch.Generator) -> Tensor:
+        """[B, L] items uniform over 1..n_items minus each row's training items (rejection sampling, seeded)."""
+        def draw(size: tuple[int, ...]) -> Tensor:
+            return torch.randint(1, self.n_items + 1, size, generator=generator, device=generator.device).to(rows.device)
+
+        items = draw(shape)
+        for _ in range(self.MAX_ROUNDS):
+            seen = self.contains(rows, items)
+            if not bool(seen.any()):
+                return items
+            items[seen] = draw((int(seen.sum()),))
+        raise RuntimeError(f"no unseen negative item after {self.MAX_ROUNDS} draws: a user has nearly every item")

@@ -16,7 +16,7 @@ from mclrec.io import WriteError, atomic_path, write_error
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "modules", "n_items", "epoch")
 # Settings added after checkpoints were first written, with the value that reproduces how those runs behaved.
-LEGACY_SETTINGS = {"early_stopping": "exact"}
+LEGACY_SETTINGS = {"early_stopping": "exact", "mask_item": "padding"}
 
 
 class CheckpointError(MclrecError):

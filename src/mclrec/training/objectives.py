@@ -1,6 +1,7 @@
 """The four models as one set of parts (encoder, optional augmenters) and their losses.
 
-sasrec:  L = L_rec                                   (ce, or bpr with one sampled negative)
+sasrec:  L = L_rec                                   (ce, or bpr with one sampled negative; bce: the original
+                                                     SASRec objective at every position of a user's sequence)
 cl4srec: L = L_rec + lambda_cl1 * info_nce(h1, h2)   (two stochastic views)
 duorec:  L = L_rec + lambda_sem * info_nce(h', hs)   (dropout view, same-target positive)
 mclrec:  L0 = L_rec + lambda_cl1 * L_cl1 + beta * (L_cl2 + reg_weight * R)       (Eq. 14)
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from mclrec.models.augment import two_views
 from mclrec.models.augmenters import build_augmenter
 from mclrec.models.encoder import SASRecEncoder
-from mclrec.models.losses import bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
+from mclrec.models.losses import bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
 
 
 @dataclass
@@ -93,14 +94,23 @@ class Batch:
     view1: Optional[tuple[Tensor, Tensor]] = None
     view2: Optional[tuple[Tensor, Tensor]] = None
     partner: Optional[tuple[Tensor, Tensor]] = None
+    negatives: Optional[Tensor] = None  # loss bce: one negative item per position, [B, L]
+
+
+def mask_id(cfg: dict, n_items: int) -> int:
+    """The id the mask augmentation writes: 0 (padding, MCLRec's code) or the mask token n_items + 1 (CL4SRec's)."""
+    return n_items + 1 if cfg["mask_item"] == "token" else 0
 
 
 def make_batch(cfg: dict, seq: Tensor, lengths: Tensor, targets: Tensor, generator: torch.Generator,
-               partner: Optional[tuple[Tensor, Tensor]] = None) -> Batch:
-    """Add the stochastic views (cl4srec, mclrec) or the same-target partner (duorec)."""
-    batch = Batch(seq, lengths, targets, partner=partner)
+               partner: Optional[tuple[Tensor, Tensor]] = None, negatives: Optional[Tensor] = None,
+               masked_id: int = 0) -> Batch:
+    """Add the stochastic views (cl4srec, mclrec; masked items become `masked_id`) or the same-target partner
+    (duorec); `negatives` are the bce loss's sampled items."""
+    batch = Batch(seq, lengths, targets, partner=partner, negatives=negatives)
     if cfg["model"] in ("cl4srec", "mclrec"):
-        v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg["crop_ratio"], cfg["mask_ratio"], cfg["reorder_ratio"])
+        v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg["crop_ratio"], cfg["mask_ratio"], cfg["reorder_ratio"],
+                                   masked_id)
         batch.view1, batch.view2 = (v1, l1), (v2, l2)
     return batch
 
@@ -137,6 +147,9 @@ def encoder_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Ge
     enc = parts.encoder
     model = cfg["model"]
     inputs = (batch.seq, batch.lengths)
+    if cfg["loss"] == "bce":  # original SASRec: every position of the sequence, targets are the next items [B, L]
+        terms = {"rec": bce_loss(enc.sequence_states(batch.seq), enc.item_weights(), batch.targets, batch.negatives)}
+        return terms["rec"], terms
     if model == "duorec" and cfg["lambda_sem"] > 0:
         h, h_drop, h_sem = encode_views(cfg, enc, inputs, inputs, batch.partner)
     elif contrasts_views(cfg):

@@ -15,13 +15,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from mclrec import __version__
 from mclrec.data.processed import ProcessedData
+from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
-from mclrec.training.batches import Instances, SameTargetIndex, batch_indices, eval_instances, training_instances
+from mclrec.training.batches import (Instances, SameTargetIndex, SeenItems, batch_indices, eval_instances,
+                                     sequence_training_instances, training_instances)
 from mclrec.training.early_stopping import judge, stop_reason
 from mclrec.training.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, uses_augmenters
+from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, mask_id
 
 BEST, LAST, LOG, SUMMARY, CURVES = "best.pt", "last.pt", "log.jsonl", "summary.json", "curves.json"
 PREV = "last.prev.pt"  # the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
@@ -194,18 +196,22 @@ def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) 
 
 
 def _train_epoch(cfg: dict, parts: ModelParts, optimisers: Optimisers, train_data: Instances,
-                 same_target: Optional[SameTargetIndex], generator: torch.Generator,
+                 same_target: Optional[SameTargetIndex], seen: Optional[SeenItems], generator: torch.Generator,
                  on_batch: Callable[[], None]) -> dict[str, float]:
     """One pass over the shuffled training instances; returns the mean of each loss component."""
     parts.train(True)
     sums: dict[str, float] = {}
     n_batches = 0
+    masked_id = mask_id(cfg, parts.encoder.n_items)
     for index in batch_indices(len(train_data), cfg["batch_size"], generator, generator.device):
         seq, lengths, targets = train_data.rows(index)
-        partner = None
+        partner = negatives = None
         if same_target is not None:
             partner = train_data.rows(same_target.partners(index, targets, generator))[:2]
-        terms = train_step(cfg, parts, optimisers, make_batch(cfg, seq, lengths, targets, generator, partner), generator)
+        if seen is not None:
+            negatives = seen.sample(index, tuple(targets.shape), generator)
+        batch = make_batch(cfg, seq, lengths, targets, generator, partner, negatives, masked_id)
+        terms = train_step(cfg, parts, optimisers, batch, generator)
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value
         n_batches += 1
@@ -228,9 +234,11 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     parts = build_parts(cfg, data.n_items).to(device)
     optimisers = Optimisers(cfg, parts)
-    train_data = training_instances(data, device)
+    sequences = cfg["loss"] == "bce"  # the original SASRec trains on whole sequences, not prefixes
+    train_data = sequence_training_instances(data, device) if sequences else training_instances(data, device)
     valid_data = eval_instances(data, "valid", device)
     same_target = SameTargetIndex.build(train_data.targets) if cfg["model"] == "duorec" else None
+    seen = SeenItems.build(train_data, data.n_items) if sequences else None
 
     state, best_modules, fell_back = RunState(), None, False
     if resume != "never" and ((run_dir / LAST).exists() or (run_dir / PREV).exists()):
@@ -260,7 +268,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
             t0 = time.monotonic()
             try:
-                losses = _train_epoch(cfg, parts, optimisers, train_data, same_target, generator,
+                losses = _train_epoch(cfg, parts, optimisers, train_data, same_target, seen, generator,
                                       lambda: bar.advance(task))
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
@@ -291,7 +299,8 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
                                 else f"max_epochs={cfg['max_epochs']} reached")
     summary = {"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric, "valid_metric": cfg["valid_metric"],
                "epochs_run": state.epoch, "train_seconds": state.train_seconds, "stopped": stopped,
-               "device": str(device), "best_checkpoint": str(run_dir / BEST)}
+               "device": str(device), "best_checkpoint": str(run_dir / BEST),
+               "environment": run_environment(torch.get_num_threads())}
     with atomic_open(run_dir / SUMMARY, "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)
     return summary
