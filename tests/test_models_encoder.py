@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from mclrec.errors import MclrecError
-from mclrec.models.encoder import Dropout, SASRecEncoder
+from mclrec.models.dropout import Dropout
+from mclrec.models.encoder import SASRecEncoder
+from mclrec.models.fast_encoding import encode, encode_last
 from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint, to_recbole_state_dict
 
 N_ITEMS, MAX_LEN, HIDDEN, N_LAYERS, N_HEADS, INNER = 30, 12, 16, 2, 2, 24
@@ -250,3 +252,32 @@ def test_bad_checkpoint_files(tmp_path):
         load_recbole_checkpoint(path)
     with pytest.raises(MclrecError, match="max_len=50"):
         encoder_from_recbole(to_recbole_state_dict(make_encoder()), max_len=50)
+
+
+@pytest.mark.parametrize("buckets", [(), (4,), (3, 6, 9), (2, 4, 8, 16)])
+def test_fast_read_out_equals_the_reference_forward(buckets):
+    encoder = make_encoder(5)
+    seq, lengths = random_batch(7, batch=40)
+    with torch.no_grad():
+        reference = encoder(seq, lengths)
+        torch.testing.assert_close(encode_last(encoder, seq, lengths), reference, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(encode(encoder, seq, lengths, buckets), reference, atol=1e-6, rtol=1e-6)
+
+
+def test_fast_read_out_matches_the_naive_reference():
+    encoder = make_encoder(6)
+    seq, lengths = random_batch(8, batch=10)
+    with torch.no_grad():
+        got = encode(encoder, seq, lengths, (4, 8))
+    torch.testing.assert_close(got, naive_forward(encoder.state_dict(), seq, lengths, N_HEADS), atol=1e-5, rtol=1e-5)
+
+
+def test_buckets_keep_the_row_order_and_gradients_flow():
+    encoder = make_encoder(7).train()
+    seq, lengths = random_batch(9, batch=30)
+    encoder.eval()
+    with torch.no_grad():
+        one_by_one = torch.cat([encoder(seq[i:i + 1], lengths[i:i + 1]) for i in range(30)])
+    torch.testing.assert_close(encode(encoder, seq, lengths, (3, 6)).detach(), one_by_one, atol=1e-6, rtol=1e-6)
+    encode(encoder, seq, lengths, (3, 6)).sum().backward()
+    assert encoder.item_embedding.weight.grad.abs().sum() > 0

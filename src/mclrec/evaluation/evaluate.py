@@ -57,16 +57,17 @@ def evaluate_checkpoint(
     """Full-ranking metrics on valid and test (plus noise and length-group results); also the per-user test ranks."""
     dev = resolve_device(device)
     encoder, meta = load_encoder(checkpoint, fmt, data, dev)
+    buckets = meta["config"].get("length_buckets", [])  # the run's own exact speed-up; none for RecBole files
     valid, test = eval_instances(data, "valid", dev), eval_instances(data, "test", dev)
-    test_ranks = rank_all(encoder, test, batch_size)
+    test_ranks = rank_all(encoder, test, batch_size, buckets)
     result: dict[str, Any] = {
-        "metrics": {"valid": metrics_from_ranks(rank_all(encoder, valid, batch_size), ks),
+        "metrics": {"valid": metrics_from_ranks(rank_all(encoder, valid, batch_size, buckets), ks),
                     "test": metrics_from_ranks(test_ranks, ks)},
     }
     if noise:
         generator = torch.Generator(device=dev).manual_seed(seed)
         result["noise"] = {
-            f"{ratio:g}": metrics_from_ranks(rank_all(encoder, insert_noise(test, ratio, data.n_items, data.max_len, generator), batch_size), ks)
+            f"{ratio:g}": metrics_from_ranks(rank_all(encoder, insert_noise(test, ratio, data.n_items, data.max_len, generator), batch_size, buckets), ks)
             for ratio in noise
         }
     if groups:

@@ -1,5 +1,10 @@
 """SASRec encoder f_theta (paper Sec. 2.2, Eq. 2) with RecBole's module layout and weight names.
 
+Read top to bottom, SASRecEncoder is the paper: the embedding layer e^u = m_s + p (Sec. 2.2.1), the transformer
+blocks H^u = f_theta(e^u) (Eq. 2) and the read-out h_n, the state at the last item. The exact speed paths that
+training and evaluation use (length buckets, a final block that computes only the read-out) are in
+`fast_encoding.py`.
+
 Attribute names are chosen so that `state_dict()` keys equal the published RecBole checkpoints':
 item_embedding, position_embedding, LayerNorm, trm_encoder.layer.{i}.multi_head_attention.*,
 trm_encoder.layer.{i}.feed_forward.*. No buffers are registered, so the state dict holds only these.
@@ -13,20 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mclrec.models.dropout import Dropout
+
 MASK_VALUE = -10000.0  # additive attention score for disallowed (future or padding) keys
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout; on the CPU the keep-mask comes from torch.rand, about 2x faster there than bernoulli_.
-
-    The mask is made in place as floats (1/(1-p) where kept, else 0), so x is multiplied once and no bool tensor is
-    converted.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
-            return super().forward(x)
-        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
 class MultiHeadAttention(nn.Module):
@@ -98,24 +92,11 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(**layer_kwargs) for _ in range(n_layers))
 
-    def all_positions(self, x: Tensor, attention_mask: Tensor) -> Tensor:
-        """Hidden states at every position, [B, L, H] (for objectives that read every position)."""
+    def forward(self, x: Tensor, attention_mask: Tensor) -> Tensor:
+        """Hidden states at every position, [B, L, H]."""
         for block in self.layer:
             x = block(x, attention_mask)
         return x
-
-    def forward(self, x: Tensor, attention_mask: Tensor, last: Tensor) -> Tensor:
-        """Hidden state at position last[b] of each row, [B, H].
-
-        Only that position is read, so the final block computes its query, attention output and
-        feed-forward for it alone (keys and values still cover every position): the same numbers, less work.
-        """
-        for block in self.layer[:-1]:
-            x = block(x, attention_mask)
-        rows = torch.arange(x.shape[0], device=x.device)
-        x_last = x[rows, last].unsqueeze(1)
-        mask_last = attention_mask[rows, :, last].unsqueeze(2)
-        return self.layer[-1](x, mask_last, x_last).squeeze(1)
 
 
 def attention_mask(item_seq: Tensor, dtype: torch.dtype) -> Tensor:
@@ -131,14 +112,12 @@ class SASRecEncoder(nn.Module):
 
     def __init__(self, n_items: int, max_len: int = 50, hidden_size: int = 64, n_layers: int = 2, n_heads: int = 2,
                  inner_size: int = 256, hidden_dropout: float = 0.5, attn_dropout: float = 0.5,
-                 layer_norm_eps: float = 1e-12, initializer_range: float = 0.02,
-                 length_buckets: tuple[int, ...] = ()):
+                 layer_norm_eps: float = 1e-12, initializer_range: float = 0.02):
         super().__init__()
         self.n_items = n_items
-        self.length_buckets = tuple(sorted(length_buckets))
         self.max_len = max_len
         self.initializer_range = initializer_range
-        # rows: 0 = padding, 1..n_items = items, n_items+1 = spare (RecBole's unused mask-token row)
+        # rows: 0 = padding, 1..n_items = items, n_items+1 = the mask token (RecBole's spare row; CL4SRec's mask item)
         self.item_embedding = nn.Embedding(n_items + 2, hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -158,36 +137,6 @@ class SASRecEncoder(nn.Module):
             module.weight.data.fill_(1.0)
             module.bias.data.zero_()
 
-    def forward(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
-        """Encode right-padded sequences [B, L] (L <= max_len) and return h_n = H[b, lengths[b]-1], [B, H].
-
-        With `length_buckets` (e.g. (8, 16, 32)) rows are encoded in groups by length, each group padded only to its
-        own longest row, and put back in order: the same outputs (right padding + causal attention), less work.
-        """
-        if not self.length_buckets or item_seq.shape[1] <= self.length_buckets[0]:
-            return self.encode(item_seq, lengths)
-        limits = torch.tensor(self.length_buckets, device=lengths.device)
-        bucket = torch.bucketize(lengths, limits)  # bucket k holds lengths in (limits[k-1], limits[k]]
-        order = torch.argsort(bucket, stable=True)
-        n_buckets = len(self.length_buckets) + 1
-        counts = torch.bincount(bucket, minlength=n_buckets)
-        widths = torch.zeros(n_buckets, dtype=lengths.dtype, device=lengths.device).scatter_reduce(0, bucket, lengths, "amax")
-        pieces = [self.encode(item_seq[rows, :width], lengths[rows])
-                  for rows, width in zip(order.split(counts.tolist()), widths.tolist()) if rows.numel()]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(pieces)[inverse]
-
-    def encode(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
-        """The reference computation on the whole padded batch (no length buckets)."""
-        x = self.embed(item_seq)
-        return self.trm_encoder(x, attention_mask(item_seq, x.dtype), lengths - 1)  # h_n of H^u = f_theta(e^u), Eq. 2
-
-    def sequence_states(self, item_seq: Tensor) -> Tensor:
-        """H^u = f_theta(e^u) at every position (Eq. 2), [B, L, H]; position t sees items 0..t."""
-        x = self.embed(item_seq)
-        return self.trm_encoder.all_positions(x, attention_mask(item_seq, x.dtype))
-
     def embed(self, item_seq: Tensor) -> Tensor:
         """e^u = m_s + p (Sec. 2.2.1), then LayerNorm and dropout, [B, L, H]."""
         L = item_seq.shape[1]
@@ -196,6 +145,16 @@ class SASRecEncoder(nn.Module):
         positions = torch.arange(L, device=item_seq.device)
         x = self.item_embedding(item_seq) + self.position_embedding(positions)
         return self.dropout(self.LayerNorm(x))
+
+    def sequence_states(self, item_seq: Tensor) -> Tensor:
+        """H^u = f_theta(e^u) (Eq. 2) at every position, [B, L, H]; position t sees items 0..t."""
+        x = self.embed(item_seq)
+        return self.trm_encoder(x, attention_mask(item_seq, x.dtype))
+
+    def forward(self, item_seq: Tensor, lengths: Tensor) -> Tensor:
+        """h_n: the state H^u[len-1] at each row's last item (Sec. 2.2.2), [B, H]."""
+        states = self.sequence_states(item_seq)
+        return states[torch.arange(len(states), device=states.device), lengths - 1]
 
     def item_weights(self) -> Tensor:
         """Item embedding rows used as the training softmax's classes (Eq. 3): padding row 0 and items 1..n_items.

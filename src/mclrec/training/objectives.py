@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mclrec.models.augment import two_views
 from mclrec.models.augmenters import build_augmenter
 from mclrec.models.encoder import SASRecEncoder
+from mclrec.models.fast_encoding import encode
 from mclrec.models.losses import bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
 
 
@@ -75,7 +76,6 @@ def build_parts(cfg: dict, n_items: int) -> ModelParts:
         attn_dropout=cfg["attn_dropout"],
         layer_norm_eps=cfg["layer_norm_eps"],
         initializer_range=cfg["initializer_range"],
-        length_buckets=tuple(cfg["length_buckets"]),
     )
     if not uses_augmenters(cfg):
         return ModelParts(encoder)
@@ -123,64 +123,90 @@ def _rec_loss(cfg: dict, encoder: SASRecEncoder, h: Tensor, targets: Tensor, gen
     return rec_ce_loss(h, encoder.item_weights(), targets)
 
 
-def contrasts_views(cfg: dict) -> bool:
-    """Whether the encoder loss uses the two stochastic views (L_cl1 on, or MCLRec's augmenters)."""
-    return cfg["model"] in ("cl4srec", "mclrec") and (cfg["lambda_cl1"] > 0 or uses_augmenters(cfg))
-
-
 def encode_views(cfg: dict, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
     """Encode several (seq, lengths) batches; with `batch_views` in one call on their concatenation (right-padded).
 
     Rows never interact in the encoder, so one call gives each row the same function as separate calls; only the
     order in which dropout masks are drawn differs (masks are i.i.d., so the training process has the same law).
     """
+    buckets = cfg["length_buckets"]
     if not cfg["batch_views"] or len(views) == 1:
-        return [encoder(seq, lengths) for seq, lengths in views]
+        return [encode(encoder, seq, lengths, buckets) for seq, lengths in views]
     width = max(seq.shape[1] for seq, _ in views)
     seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
-    h = encoder(torch.cat(seqs), torch.cat([lengths for _, lengths in views]))
+    h = encode(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets)
     return list(h.split([len(seq) for seq, _ in views]))
 
 
 def encoder_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-    """The loss the encoder minimises, and its components (unweighted) for logging."""
+    """The loss the encoder minimises (L0 for MCLRec) and its unweighted components (for the log)."""
+    return ENCODER_LOSSES[cfg["model"]](cfg, parts, batch, generator)
+
+
+def sasrec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """SASRec: L = L_rec (Eq. 3), or with loss bce the original objective at every position of the sequence."""
     enc = parts.encoder
-    model = cfg["model"]
+    if cfg["loss"] == "bce":  # batch.targets are the next items [B, L], batch.negatives one sampled item each
+        rec = bce_loss(enc.sequence_states(batch.seq), enc.item_weights(), batch.targets, batch.negatives)
+        return rec, {"rec": rec}
+    (h,) = encode_views(cfg, enc, (batch.seq, batch.lengths))
+    rec = _rec_loss(cfg, enc, h, batch.targets, generator)
+    return rec, {"rec": rec}
+
+
+def cl4srec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """CL4SRec: L = L_rec + lambda * L_con(h1, h2) (Eq. 3, 8), h1 and h2 the encodings of two stochastic views."""
+    if cfg["lambda_cl1"] == 0:
+        return sasrec_loss(cfg, parts, batch, generator)
+    h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
+    rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator)
+    cl1 = info_nce(h1, h2, cfg["temperature"])
+    return rec + cfg["lambda_cl1"] * cl1, {"rec": rec, "cl1": cl1}
+
+
+def duorec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """DuoRec (us_x): L = L_rec + lambda_sem * L_con(h', h_s), h' a second (dropout) encoding of the input and h_s
+    the encoding of another instance with the same target."""
+    if cfg["lambda_sem"] == 0:
+        return sasrec_loss(cfg, parts, batch, generator)
     inputs = (batch.seq, batch.lengths)
-    if cfg["loss"] == "bce":  # original SASRec: every position of the sequence, targets are the next items [B, L]
-        terms = {"rec": bce_loss(enc.sequence_states(batch.seq), enc.item_weights(), batch.targets, batch.negatives)}
-        return terms["rec"], terms
-    if model == "duorec" and cfg["lambda_sem"] > 0:
-        h, h_drop, h_sem = encode_views(cfg, enc, inputs, inputs, batch.partner)
-    elif contrasts_views(cfg):
-        h, h1, h2 = encode_views(cfg, enc, inputs, batch.view1, batch.view2)
-    else:
-        (h,) = encode_views(cfg, enc, inputs)
-    terms = {"rec": _rec_loss(cfg, enc, h, batch.targets, generator)}
+    h, h_drop, h_sem = encode_views(cfg, parts.encoder, inputs, inputs, batch.partner)
+    rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator)
+    sem = info_nce(h_drop, h_sem, cfg["temperature"])
+    return rec + cfg["lambda_sem"] * sem, {"rec": rec, "sem": sem}
+
+
+def mclrec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """MCLRec's L0 (Eq. 14): L_rec + lambda * L_cl1 + beta * (L_cl2 + gamma * R), gamma = reg_weight.
+
+    L_cl1 = L_con(h1, h2) (Eq. 8); L_cl2 and R (Eq. 9-13) contrast h1, h2 with z1 = w1(h1), z2 = w2(h2). Without
+    augmenters (cl2: false) there is no L_cl2 and no R, and L0 is CL4SRec's loss.
+    """
+    if not uses_augmenters(cfg):
+        return cl4srec_loss(cfg, parts, batch, generator)
+    h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
+    terms = {"rec": _rec_loss(cfg, parts.encoder, h, batch.targets, generator)}
     total = terms["rec"]
-    if model == "duorec" and cfg["lambda_sem"] > 0:
-        terms["sem"] = info_nce(h_drop, h_sem, cfg["temperature"])
-        total = total + cfg["lambda_sem"] * terms["sem"]
-    if contrasts_views(cfg):
-        if cfg["lambda_cl1"] > 0:
-            terms["cl1"] = info_nce(h1, h2, cfg["temperature"])
-            total = total + cfg["lambda_cl1"] * terms["cl1"]
-        if uses_augmenters(cfg):
-            aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2)
-            terms.update(aug_terms)
-            total = total + cfg["beta"] * aug_total
-    return total, terms
+    if cfg["lambda_cl1"] > 0:
+        terms["cl1"] = info_nce(h1, h2, cfg["temperature"])
+        total = total + cfg["lambda_cl1"] * terms["cl1"]
+    aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2)
+    terms.update(aug_terms)
+    return total + cfg["beta"] * aug_total, terms
+
+
+ENCODER_LOSSES = {"sasrec": sasrec_loss, "cl4srec": cl4srec_loss, "duorec": duorec_loss, "mclrec": mclrec_loss}
 
 
 def augmenter_loss(cfg: dict, parts: ModelParts, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_cl2 + reg_weight * R for the augmenter step; the encoder runs without autograd."""
+    """L1 = L_cl2 + gamma * R (Eq. 15), the augmenters' loss; the encoder re-encodes the views without autograd."""
     with torch.no_grad():
         h1, h2 = encode_views(cfg, parts.encoder, batch.view1, batch.view2)
     return _augmented_terms(cfg, parts, h1, h2)
 
 
 def _augmented_terms(cfg: dict, parts: ModelParts, h1: Tensor, h2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_cl2 (Eq. 9-10) plus the weighted regulariser R (Eq. 11-13) on z1 = w1(h1), z2 = w2(h2)."""
+    """L_cl2 (Eq. 9) plus gamma * R (Eq. 11-13, gamma = reg_weight) on z1 = w1(h1), z2 = w2(h2) (Eq. 5-7)."""
     z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
     cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg["reg"])
     terms = {"cl2": cl2}

@@ -23,7 +23,8 @@ from mclrec.training.batches import (Instances, SameTargetIndex, SeenItems, batc
                                      sequence_training_instances, training_instances)
 from mclrec.training.early_stopping import judge, stop_reason
 from mclrec.training.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, mask_id
+from mclrec.training.objectives import (ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, mask_id,
+                                        uses_augmenters)
 
 BEST, LAST, LOG, SUMMARY, CURVES = "best.pt", "last.pt", "log.jsonl", "summary.json", "curves.json"
 PREV = "last.prev.pt"  # the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
@@ -58,20 +59,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def schedule_of(cfg: dict) -> str:
+    """The update schedule of a run: MCLRec with augmenters follows `schedule` (meta, paper or joint); every other
+    run (the baselines, MCLRec without augmenters) is `single`: one encoder update per batch."""
+    return cfg["schedule"] if uses_augmenters(cfg) else "single"
+
+
 class Optimisers:
-    """Adam for the encoder and, for MCLRec, for the augmenters (one joint Adam for MCLRec-J)."""
+    """Adam for the encoder (theta) and, in the meta and paper schedules, a second Adam for the augmenters (phi1,
+    phi2). In the joint schedule (MCLRec-J) one Adam holds theta and phi together."""
 
     def __init__(self, cfg: dict, parts: ModelParts):
-        enc_params = list(parts.encoder.parameters())
-        aug_params = parts.augmenter_parameters()
-        self.joint = bool(aug_params) and cfg["schedule"] == "joint"
-        if self.joint:
-            enc_params = enc_params + aug_params
+        schedule = schedule_of(cfg)
+        theta = list(parts.encoder.parameters())
+        phi = parts.augmenter_parameters()
         # foreach: the same numbers as PyTorch's per-parameter loop (its CPU default), about 2x faster there
-        self.encoder = torch.optim.Adam(enc_params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=True)
+        self.encoder = torch.optim.Adam(theta + phi if schedule == "joint" else theta, lr=cfg["lr"],
+                                        weight_decay=cfg["weight_decay"], foreach=True)
         self.augmenter = None
-        if aug_params and not self.joint:
-            self.augmenter = torch.optim.Adam(aug_params, lr=cfg["augmenter_lr"], foreach=True)
+        if schedule in ("meta", "paper"):
+            self.augmenter = torch.optim.Adam(phi, lr=cfg["augmenter_lr"], foreach=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder.state_dict(), "augmenter": self.augmenter.state_dict() if self.augmenter else None}
@@ -88,28 +95,61 @@ class Optimisers:
 
 
 def _update(loss: torch.Tensor, optimisers: Optimisers, optimiser: torch.optim.Optimizer) -> None:
-    """Backpropagate `loss` and step one optimiser; other modules' gradients are discarded."""
+    """Backpropagate `loss` and step one optimiser; the gradients of the other modules are discarded."""
     optimisers.zero_grad()
     loss.backward()
     optimiser.step()
 
 
-def train_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
-    """One batch: a single update, or MCLRec's schedule (meta: encoder, augmenters, encoder; paper: first two)."""
+def single_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+    """The baselines (and MCLRec without augmenters): theta <- Adam(theta, grad_theta L)."""
+    loss, terms = encoder_loss(cfg, parts, batch, generator)
+    _check_finite(terms, "encoder")
+    _update(loss, optimisers, optimisers.encoder)
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def joint_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+    """MCLRec-J (Fig. 3): one Adam step on L0 (Eq. 14) for theta, phi1 and phi2 together."""
+    loss, terms = encoder_loss(cfg, parts, batch, generator)
+    _check_finite(terms, "joint")
+    _update(loss, optimisers, optimisers.encoder)
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def mclrec_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+    """MCLRec's meta-optimised updates of one batch (Sec. 3.3, Algorithm 1).
+
+    meta (default) runs steps 1-3, as the published code's trainer does; paper runs steps 1-2, as Algorithm 1
+    writes it. Each step zeroes every gradient, so a step moves only the parameters its optimiser holds.
+    """
+    # Step 1 (Alg. 1 lines 3-4): L0 = L_rec + lambda L_cl1 + beta (L_cl2 + gamma R) (Eq. 14); theta moves,
+    # the augmenters phi1, phi2 stay fixed.
     loss, terms = encoder_loss(cfg, parts, batch, generator)
     _check_finite(terms, "encoder")
     _update(loss, optimisers, optimisers.encoder)
     logged = {k: float(v.detach()) for k, v in terms.items()}
-    if optimisers.augmenter is not None:
-        aug_loss, aug_terms = augmenter_loss(cfg, parts, batch)
-        _check_finite({"augmenter": aug_loss}, "augmenter")
-        _update(aug_loss, optimisers, optimisers.augmenter)
-        logged["augmenter"] = float(aug_loss.detach())
-        if cfg["schedule"] == "meta":
-            loss, terms = encoder_loss(cfg, parts, batch, generator)
-            _check_finite(terms, "encoder (step 3)")
-            _update(loss, optimisers, optimisers.encoder)
+    # Step 2 (Alg. 1 lines 6-9): the updated encoder theta' re-encodes the views without gradient;
+    # L1 = L_cl2 + gamma R (Eq. 9-13, 15); phi1 and phi2 move, theta stays fixed.
+    aug_loss, _ = augmenter_loss(cfg, parts, batch)
+    _check_finite({"augmenter": aug_loss}, "augmenter")
+    _update(aug_loss, optimisers, optimisers.augmenter)
+    logged["augmenter"] = float(aug_loss.detach())
+    if cfg["schedule"] == "meta":
+        # Step 3, the published code's addition (not in Algorithm 1): L0 again with the updated augmenters;
+        # theta moves. Its loss is not logged (the official trainer logs step 1's).
+        loss, terms = encoder_loss(cfg, parts, batch, generator)
+        _check_finite(terms, "encoder (step 3)")
+        _update(loss, optimisers, optimisers.encoder)
     return logged
+
+
+STEPS = {"single": single_step, "joint": joint_step, "meta": mclrec_step, "paper": mclrec_step}
+
+
+def train_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+    """One batch of the run's schedule (schedule_of): single, joint, or MCLRec's meta / paper steps."""
+    return STEPS[schedule_of(cfg)](cfg, parts, optimisers, batch, generator)
 
 
 def _check_finite(terms: dict[str, torch.Tensor], step: str) -> None:
@@ -273,7 +313,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
             train_time = time.monotonic() - t0
-            valid = evaluate(parts.encoder, valid_data, cfg["eval_batch_size"], cfg["eval_ks"])
+            valid = evaluate(parts.encoder, valid_data, cfg["eval_batch_size"], cfg["eval_ks"], cfg["length_buckets"])
             metric = valid[cfg["valid_metric"]]
             state.epoch = epoch
             state.train_seconds = time.monotonic() - started
