@@ -279,5 +279,6 @@ def test_buckets_keep_the_row_order_and_gradients_flow():
     with torch.no_grad():
         one_by_one = torch.cat([encoder(seq[i:i + 1], lengths[i:i + 1]) for i in range(30)])
     torch.testing.assert_close(encode(encoder, seq, lengths, (3, 6)).detach(), one_by_one, atol=1e-6, rtol=1e-6)
-    encode(encoder, seq, lengths, (3, 6)).sum().backward()
-    assert encoder.item_embedding.weight.grad.abs().sum() > 0
+    out = encode(encoder, seq, lengths, (3, 6))
+    (out * torch.randn_like(out)).sum().backward()  # a plain sum of LayerNorm outputs has zero gradient
+    assert encoder.item_embedding.weight.grad[seq.unique()[1:]].abs().sum(dim=1).min() > 0

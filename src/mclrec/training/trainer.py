@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -19,12 +19,11 @@ from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
-from mclrec.training.batches import (Instances, SameTargetIndex, SeenItems, batch_indices, eval_instances,
-                                     sequence_training_instances, training_instances)
+from mclrec.training.batches import eval_instances
 from mclrec.training.early_stopping import judge, stop_reason
 from mclrec.training.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from mclrec.training.objectives import (ModelParts, augmenter_loss, build_parts, encoder_loss, make_batch, mask_id,
-                                        uses_augmenters)
+from mclrec.training.feed import TrainingFeed
+from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, uses_augmenters
 
 BEST, LAST, LOG, SUMMARY, CURVES = "best.pt", "last.pt", "log.jsonl", "summary.json", "curves.json"
 PREV = "last.prev.pt"  # the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
@@ -235,22 +234,13 @@ def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) 
         json.dump(curves, fh, indent=1)
 
 
-def _train_epoch(cfg: dict, parts: ModelParts, optimisers: Optimisers, train_data: Instances,
-                 same_target: Optional[SameTargetIndex], seen: Optional[SeenItems], generator: torch.Generator,
+def _train_epoch(cfg: dict, parts: ModelParts, optimisers: Optimisers, feed: TrainingFeed, generator: torch.Generator,
                  on_batch: Callable[[], None]) -> dict[str, float]:
     """One pass over the shuffled training instances; returns the mean of each loss component."""
     parts.train(True)
     sums: dict[str, float] = {}
     n_batches = 0
-    masked_id = mask_id(cfg, parts.encoder.n_items)
-    for index in batch_indices(len(train_data), cfg["batch_size"], generator, generator.device):
-        seq, lengths, targets = train_data.rows(index)
-        partner = negatives = None
-        if same_target is not None:
-            partner = train_data.rows(same_target.partners(index, targets, generator))[:2]
-        if seen is not None:
-            negatives = seen.sample(index, tuple(targets.shape), generator)
-        batch = make_batch(cfg, seq, lengths, targets, generator, partner, negatives, masked_id)
+    for batch in feed.epoch(generator):
         terms = train_step(cfg, parts, optimisers, batch, generator)
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value
@@ -274,11 +264,8 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     parts = build_parts(cfg, data.n_items).to(device)
     optimisers = Optimisers(cfg, parts)
-    sequences = cfg["loss"] == "bce"  # the original SASRec trains on whole sequences, not prefixes
-    train_data = sequence_training_instances(data, device) if sequences else training_instances(data, device)
+    feed = TrainingFeed.build(cfg, data, device)
     valid_data = eval_instances(data, "valid", device)
-    same_target = SameTargetIndex.build(train_data.targets) if cfg["model"] == "duorec" else None
-    seen = SeenItems.build(train_data, data.n_items) if sequences else None
 
     state, best_modules, fell_back = RunState(), None, False
     if resume != "never" and ((run_dir / LAST).exists() or (run_dir / PREV).exists()):
@@ -299,7 +286,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     rotate = resumed and not fell_back  # last.pt is this run's good checkpoint: keep it as last.prev.pt
 
     started = time.monotonic() - state.train_seconds
-    n_batches = math.ceil(len(train_data) / cfg["batch_size"])
+    n_batches = feed.batches_per_epoch
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   disable=not progress, transient=False) as bar:
@@ -308,7 +295,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
             t0 = time.monotonic()
             try:
-                losses = _train_epoch(cfg, parts, optimisers, train_data, same_target, seen, generator,
+                losses = _train_epoch(cfg, parts, optimisers, feed, generator,
                                       lambda: bar.advance(task))
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None

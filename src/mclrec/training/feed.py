@@ -1,0 +1,60 @@
+"""What the training step is fed: a run's training instances and, per batch of row indices, a complete Batch.
+
+Prefix instances for every model, or whole sequences for the original SASRec objective (loss bce); DuoRec's
+same-target partners; the bce loss's unseen negatives; CL4SRec/MCLRec's two views (drawn in make_batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from mclrec.data.processed import ProcessedData
+from mclrec.training.batches import (Instances, SameTargetIndex, SeenItems, batch_indices, sequence_training_instances,
+                                     training_instances)
+from mclrec.training.objectives import Batch, make_batch, mask_id
+
+
+@dataclass
+class TrainingFeed:
+    """A run's training rows on the device and the indexes its batches need."""
+
+    cfg: dict
+    instances: Instances
+    same_target: Optional[SameTargetIndex]
+    seen: Optional[SeenItems]
+    masked_id: int
+
+    @classmethod
+    def build(cls, cfg: dict, data: ProcessedData, device: torch.device) -> "TrainingFeed":
+        """Instances and indexes for `cfg` (prefixes, or whole sequences when loss is bce) on `device`."""
+        sequences = cfg["loss"] == "bce"  # the original SASRec trains on whole sequences, not prefixes
+        instances = sequence_training_instances(data, device) if sequences else training_instances(data, device)
+        same_target = SameTargetIndex.build(instances.targets) if cfg["model"] == "duorec" else None
+        seen = SeenItems.build(instances, data.n_items) if sequences else None
+        return cls(cfg, instances, same_target, seen, mask_id(cfg, data.n_items))
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.instances) / self.cfg["batch_size"])
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        """The batches of one shuffled pass over the instances."""
+        for index in batch_indices(len(self.instances), self.cfg["batch_size"], generator, generator.device):
+            yield self.batch(index, generator)
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
+        """The Batch of rows `index`: inputs, targets and whatever the model's loss needs, drawn from `generator`."""
+        seq, lengths, targets = self.instances.rows(index)
+        partner = negatives = None
+        if self.same_target is not None:
+            partner = self.instances.rows(self.same_target.partners(index, targets, generator))[:2]
+        if self.seen is not None:
+            negatives = self.seen.sample(index, tuple(targets.shape), generator)
+        return make_batch(self.cfg, seq, lengths, targets, generator, partner, negatives, self.masked_id)
