@@ -32,51 +32,42 @@ def tiny_processed(tmp_path_factory) -> Path:
 def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     bench = load_benchmark("bench_train")
     argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
-            "--batches", "1", "--warmup", "1", "--batch-size", "32", "--threads", "1", "--device", "cpu",
-            "--matmul-size", "128",
-            "--json", str(tmp_path / "bench.json")] + (["--naive"] if naive else [])
+            "--batches", "1", "--warmup", "1", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
+            "--device", "cpu", "--matmul-size", "128", "--json", str(tmp_path / "bench.json")] + (["--naive"] if naive else [])
     threads = torch.get_num_threads()
     try:  # one thread: fast, and immune to OpenMP spin-waiting when other processes load the CPUs
         result = bench.main(argv)
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.strip().splitlines()
-
     for variant in VARIANTS:
         assert sum(line.startswith(f"| {variant} |") for line in lines) == 1, variant
-    assert lines[-2].startswith("mclrec/sasrec epoch ratio: ") and lines[-2].endswith("(target <= 3)")
-    assert lines[-1].startswith("eval seconds: ") and lines[-1].endswith("(target < 5 s on CPU)")
-    assert any(("naive" if naive else "optimised") in line for line in lines if line.startswith("- encoder path"))
+    assert lines[-2].startswith("mclrec/sasrec epoch ratio: ") and lines[-1].startswith("eval seconds (")
+    assert not any("target" in line for line in lines)
+    assert any(line.startswith("- cpu_flags: ") for line in lines)
 
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["variant"] for r in saved["variants"]] == list(VARIANTS)
-    buckets = {tuple(r["length_buckets"]) for r in saved["variants"]}
-    assert buckets == ({()} if naive else {(8, 16, 32)})
-    assert {r["batch_views"] for r in saved["variants"]} == {not naive}
+    assert {tuple(r["length_buckets"]) for r in saved["variants"]} == ({()} if naive else {(8, 16, 32)})
     for row in saved["variants"]:
         assert row["batch_s"] > 0 and row["epoch_s"] == pytest.approx(row["batch_s"] * row["batches_per_epoch"])
+        assert row["share_of_peak"] == pytest.approx(row["gflops"] / saved["header"]["fp32_matmul_gflops"], rel=0.01)
     assert saved["summary"]["mclrec_sasrec_epoch_ratio"] == pytest.approx(
         result["variants"][3]["epoch_s"] / result["variants"][0]["epoch_s"])
-    assert saved["eval"]["users"] == saved["header"]["n_users"] and saved["eval"]["seconds"] > 0
-    assert saved["matmul"]["gflops"] > 0 and 0 < saved["summary"]["sasrec_achieved_over_peak"]
+    assert saved["eval"]["users"] > 0 and saved["eval"]["seconds"] > 0
 
 
-def test_flop_groups_mirror_the_encoder():
+def test_flops_are_counted_on_the_real_step(tiny_processed):
+    """SASRec's counted FLOPs: the full-softmax logits alone are 2 B H (N + 1) forward, x3 with backward."""
+    from mclrec.config import load_params, resolve_run
+    from mclrec.data.processed import load_processed
+
     bench = load_benchmark("bench_train")
-    lengths = torch.tensor([1, 8, 9, 16, 17, 50, 3])
-    assert bench.encoder_groups(lengths, (8, 16, 32)) == [(3, 8), (2, 16), (1, 17), (1, 50)]
-    assert bench.encoder_groups(lengths, ()) == [(7, 50)]
-    assert bench.encoder_groups(torch.tensor([2, 5]), (8, 16, 32)) == [(2, 5)]
-
-
-@pytest.mark.parametrize("batch_views", [True, False])
-def test_sasrec_step_flops_by_hand(batch_views):
-    bench = load_benchmark("bench_train")
-    cfg = {"model": "sasrec", "length_buckets": [8, 16, 32], "batch_views": batch_views, "hidden_size": 64, "inner_size": 256, "n_layers": 2,
-           "lambda_sem": 0.1, "lambda_cl1": 0.1, "cl2": True, "reg": True, "schedule": "meta"}
-    lengths = torch.tensor([3, 5, 40])
-    batch = bench.Batch(torch.zeros(3, 40, dtype=torch.long), lengths, torch.ones(3, dtype=torch.long))
-    per_token = 8 * 64 * 64 + 4 * 64 * 256
-    encoder = 2 * (2 * 5 * (per_token + 5 * 4 * 64) + 40 * (per_token + 40 * 4 * 64))  # groups (2, 5), (1, 40)
-    expected = 3 * (encoder + 2 * 3 * 64 * 101)
-    assert bench.step_flops(cfg, batch, 100) == {"flops": expected, "tokens": 50.0, "real_tokens": 48.0}
+    data = load_processed(tiny_processed)
+    cfg = resolve_run(load_params(ROOT / "params.yaml"), "synthetic", "sasrec", {"batch_size": 16, "device": "cpu"})
+    sasrec = bench.VariantRun(cfg, data, torch.device("cpu")).flops(1)
+    logits = 3 * 2 * 16 * 64 * (data.n_items + 1)
+    assert sasrec > logits  # plus the encoder's matrix products
+    mclrec_cfg = resolve_run(load_params(ROOT / "params.yaml"), "synthetic", "mclrec", {"batch_size": 16, "device": "cpu"})
+    mclrec = bench.VariantRun(mclrec_cfg, data, torch.device("cpu"))
+    assert mclrec.flops(1) > 3 * sasrec  # two encoder updates over input + two views, plus the augmenter step
