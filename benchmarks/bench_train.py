@@ -35,10 +35,11 @@ from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.environment import cpu_model
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
-from mclrec.training.batches import eval_instances
+from mclrec.data.instances import eval_instances
 from mclrec.training.feed import TrainingFeed
-from mclrec.training.objectives import build_parts
-from mclrec.training.trainer import Optimisers, resolve_device, train_step
+from mclrec.device import resolve_device
+from mclrec.models.parts import build_parts
+from mclrec.training.trainer import Optimisers, train_step
 
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what decides fp32/bf16 matmul speed

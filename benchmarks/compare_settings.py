@@ -62,7 +62,7 @@ def describe(settings: dict[str, Any]) -> str:
 def run_seed(cfg: dict, data, run_dir: Path) -> dict[str, float]:
     """Train one run afresh and return its best checkpoint's test metrics."""
     summary = train(cfg, data, run_dir, resume="never", progress=False)
-    result, _ = evaluate_checkpoint(data, run_dir / BEST, device=cfg["device"], batch_size=cfg["eval_batch_size"])
+    result, _, _ = evaluate_checkpoint(data, run_dir / BEST, device=cfg["device"], batch_size=cfg["eval_batch_size"])
     return {**result["metrics"]["test"], "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"]}
 
 

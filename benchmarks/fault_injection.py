@@ -29,7 +29,7 @@ import yaml
 
 from mclrec.data.preprocess import preprocess
 from mclrec.data.synth import generate_synthetic
-from mclrec.training.checkpoint import CheckpointError, load_checkpoint
+from mclrec.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ("last.pt", "last.prev.pt")

@@ -67,8 +67,8 @@ def test_official_matches_recbole_loop_on_random_sequences(seed):
 def test_trainer_applies_official_rule(tiny, run_cfg, tmp_path, monkeypatch):
     scripted = iter([0.30001, 0.30004, 0.29, 0.31, 0.31001, 0.2, 0.2, 0.2])
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: {"MRR@10": next(scripted)})
-    summary = trainer.train(run_cfg("sasrec", max_epochs=20, patience=2, early_stopping="official"), tiny, tmp_path,
-                            progress=False)
+    cfg = run_cfg("sasrec", max_epochs=20, patience=2, early_stopping="official", batch_size=1024, n_layers=1)
+    summary = trainer.train(cfg, tiny, tmp_path, progress=False)
     # best 0.31 at epoch 4 (0.31001 ties it after rounding); epochs 5, 6, 7 bring nothing -> stop at 7
     assert summary["best_epoch"] == 4 and summary["epochs_run"] == 7
     assert summary["best_valid_metric"] == 0.31 and "official" in summary["stopped"]

@@ -13,7 +13,7 @@ from mclrec.evaluation.ranking import rank_all
 from mclrec.evaluation.robustness import insert_noise, length_groups
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import to_recbole_state_dict
-from mclrec.training.batches import Instances, eval_instances
+from mclrec.data.instances import Instances, eval_instances
 from mclrec.training.trainer import train
 
 from .conftest import ROOT
@@ -86,7 +86,7 @@ def test_evaluate_cli_writes_the_documented_schema(trained, tiny_dir, tmp_path):
 
 
 def test_recbole_checkpoint_gives_the_same_numbers(trained, tiny_dir, tmp_path):
-    from mclrec.training.checkpoint import load_checkpoint
+    from mclrec.checkpoint import load_checkpoint
 
     state = load_checkpoint(trained / "best.pt")["modules"]["encoder"]
     encoder = SASRecEncoder(len(state["item_embedding.weight"]) - 2, 20)

@@ -16,7 +16,8 @@ from mclrec.data.processed import Split, sequence_instances
 from mclrec.models.augment import mask, two_views
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.losses import bce_loss
-from mclrec.training.batches import SeenItems, sequence_training_instances
+from mclrec.data.instances import sequence_training_instances
+from mclrec.training.batches import SeenItems
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -35,6 +35,7 @@ def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mclrec", "duorec"])
 def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant):
     """Without dropout (whose random stream the paths draw differently) both paths give the same run."""

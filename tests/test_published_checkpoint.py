@@ -13,7 +13,7 @@ from mclrec.cli import app
 from mclrec.io import sha256_file
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import to_recbole_state_dict
-from mclrec.training.checkpoint import load_checkpoint
+from mclrec.checkpoint import load_checkpoint
 from mclrec.training.trainer import train
 
 from tests.test_end_to_end import SHARED_DATA, _project_copy, _run

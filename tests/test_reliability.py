@@ -22,8 +22,8 @@ from mclrec.cli import app
 from mclrec.data.processed import load_processed
 from mclrec.evaluation.evaluate import evaluate_checkpoint
 from mclrec.io import WriteError, sha256_file
-from mclrec.training import checkpoint
-from mclrec.training.checkpoint import CheckpointError, load_checkpoint
+from mclrec import checkpoint
+from mclrec.checkpoint import CheckpointError, load_checkpoint
 from mclrec.training.trainer import train
 
 from .conftest import ROOT
@@ -294,7 +294,7 @@ def _reference(work: Path, variant: str, out: Path) -> tuple[dict, Path]:
     cfg = config.resolve_run(config.load_params(work / "params.yaml"), "synthetic", variant)
     data = load_processed(work / "data/processed/synthetic")
     train(cfg, data, out, progress=False)
-    result, _ = evaluate_checkpoint(data, out / "best.pt", "mclrec", "auto", 2048, tuple(cfg["eval_ks"]))
+    result, _, _ = evaluate_checkpoint(data, out / "best.pt", "mclrec", "auto", 2048, tuple(cfg["eval_ks"]))
     return result["metrics"], out
 
 

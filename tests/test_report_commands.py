@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mclrec.cli import app
-from mclrec.report.commands import evaluate_seed_args
+from mclrec.report.commands import seed_run_paths
 
 from .conftest import ROOT
 
@@ -62,10 +62,8 @@ def test_aggregate_reads_exactly_the_study_seeds(tmp_path):
 
 
 def test_evaluate_seed_evaluates_the_seed_checkpoint_with_the_study_noise(tmp_path, tiny_dir, monkeypatch):
-    args = evaluate_seed_args("beauty", "mclrec", 2, [0.05, 0.1], Path("params.yaml"), Path("results"), Path("models"))
-    assert " ".join(args) == ("evaluate --dataset beauty --variant mclrec --params params.yaml"
-                              " --checkpoint models/beauty/mclrec/seed2/best.pt"
-                              " --output results/beauty/mclrec/seed2.json --groups --noise 0.05 --noise 0.1")
+    assert seed_run_paths("beauty", "mclrec", 2, Path("results"), Path("models")) == (
+        Path("models/beauty/mclrec/seed2/best.pt"), Path("results/beauty/mclrec/seed2.json"))
     shutil.copytree(tiny_dir, tmp_path / "data" / "processed" / "synthetic")
     monkeypatch.chdir(tmp_path)  # the processed data exist, the seed's checkpoint does not
     res = runner.invoke(app, ["report", "evaluate-seed", "synthetic", "mclrec", "7", "--params", _params(tmp_path, [7]),

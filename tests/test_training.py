@@ -8,8 +8,9 @@ import torch
 
 from mclrec.evaluation.metrics import metrics_from_ranks
 from mclrec.training import objectives, trainer
-from mclrec.training.batches import SameTargetIndex, eval_instances, training_instances
-from mclrec.training.checkpoint import load_checkpoint
+from mclrec.data.instances import eval_instances, training_instances
+from mclrec.training.batches import SameTargetIndex
+from mclrec.checkpoint import load_checkpoint
 from mclrec.training.objectives import build_parts, make_batch
 from mclrec.training.trainer import Optimisers, TrainingError, train, train_step
 
@@ -126,13 +127,14 @@ def _popularity_hr10(tiny):
     return metrics_from_ranks(target_ranks(scores, torch.as_tensor(tiny.test.targets)), (10,))["HR@10"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sasrec", "mclrec"])
 def test_training_beats_popularity(tiny, run_cfg, tmp_path, variant):
     cfg = run_cfg(variant, max_epochs=3, hidden_dropout=0.2, attn_dropout=0.2, lr=0.005)
     summary = train(cfg, tiny, tmp_path, progress=False)
     from mclrec.evaluation.evaluate import evaluate_checkpoint
 
-    result, _ = evaluate_checkpoint(tiny, tmp_path / "best.pt", device="cpu", ks=(10,))
+    result, _, _ = evaluate_checkpoint(tiny, tmp_path / "best.pt", device="cpu", ks=(10,))
     assert summary["best_epoch"] >= 1
     assert result["metrics"]["test"]["HR@10"] > 1.5 * _popularity_hr10(tiny)
 
@@ -145,6 +147,7 @@ def test_every_variant_trains_one_epoch(tiny, run_cfg, tmp_path, variant):
     assert all(np.isfinite(v) for v in log[0]["loss"].values())
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_other_seed_different(tiny, run_cfg, tmp_path):
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
@@ -155,6 +158,7 @@ def test_same_seed_same_numbers_other_seed_different(tiny, run_cfg, tmp_path):
     assert strip(runs["a"]) != strip(runs["c"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mclrec", "duorec"])
 def test_resume_gives_exactly_the_uninterrupted_run(tiny, run_cfg, tmp_path, variant):
     train(run_cfg(variant, max_epochs=2), tiny, tmp_path / "straight", progress=False)

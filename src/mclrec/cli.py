@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 
 from mclrec import __version__, config, paths
+from mclrec.cli_common import ParamsOpt, err_console, user_errors
 from mclrec.errors import MclrecError
 
 app = typer.Typer(
@@ -20,7 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
 
 
 class CheckpointFormat(str, Enum):
@@ -49,19 +47,6 @@ def _add_report_commands() -> None:
     from mclrec.report.commands import report_app
 
     app.add_typer(report_app, name="report")
-
-ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn MclrecError and OSError (disk full, permissions; they name the file) into one line on stderr, exit 1."""
-    try:
-        yield
-    except (MclrecError, OSError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
 
 @app.command()
 def download(
@@ -181,7 +166,7 @@ def train(
 ) -> None:
     """Train one variant on one dataset: best.pt, last.pt, log.jsonl and summary.json in the run folder."""
     from mclrec.data.processed import load_processed
-    from mclrec.training.device import enable_determinism
+    from mclrec.device import enable_determinism
     from mclrec.training.trainer import train as run_training
 
     with user_errors():
@@ -224,7 +209,7 @@ def evaluate(
 ) -> None:
     """Full-ranking HR/NDCG/MRR@k on valid and test; writes the results JSON and per-user test ranks."""
     from mclrec.data.processed import load_processed
-    from mclrec.evaluation.evaluate import evaluate_checkpoint, results_record, write_results
+    from mclrec.evaluation.evaluate import evaluate_run, write_results
 
     with user_errors():
         params_dict = config.load_params(params)
@@ -242,10 +227,8 @@ def evaluate(
         data = load_processed(data_dir or paths.processed_dir(dataset))
         ks = tuple(params_dict["train"]["eval_ks"])
         checkpoint_format = CheckpointFormat(checkpoint_format).value
-        result, ranks = evaluate_checkpoint(data, ckpt, checkpoint_format, device, batch_size, ks, tuple(noise), groups, seed)
-        record = results_record(dataset, result, ckpt, checkpoint_format, data)
-        if record["variant"] is None:
-            record["variant"] = variant
+        record, ranks = evaluate_run(dataset, data, ckpt, checkpoint_format, device, batch_size, ks, tuple(noise),
+                                     groups, seed, variant)
         if published is not None:
             record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
         dest = output or paths.result_file(dataset, variant)

@@ -8,6 +8,8 @@ RAW_ROOT = Path("data/raw")
 PROCESSED_ROOT = Path("data/processed")
 MODELS_ROOT = Path("models")
 RESULTS_ROOT = Path("results")
+RUN_BEST, RUN_LAST, RUN_PREV, RUN_LOG, RUN_SUMMARY, RUN_CURVES = (  # the files of a run folder
+    "best.pt", "last.pt", "last.prev.pt", "log.jsonl", "summary.json", "curves.json")
 
 
 def raw_file(dataset: str, filename: str, root: Path = RAW_ROOT) -> Path:

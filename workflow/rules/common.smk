@@ -4,7 +4,7 @@ import os
 
 from mclrec.config import load_params, resolve_run
 
-from mclrec.training.device import cuda_available
+from mclrec.device import cuda_available
 
 # params.yaml read exactly as the CLI reads it: schema-validated (errors name file, line and key), defaults
 # filled in, numbers such as 1e-4 parsed as numbers (YAML 1.2, as DVC reads the file too).

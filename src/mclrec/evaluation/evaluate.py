@@ -14,14 +14,15 @@ from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
 from mclrec.evaluation.metrics import metrics_from_ranks
 from mclrec.evaluation.ranking import rank_all
-from mclrec.evaluation.robustness import insert_noise, length_groups, subset
+from mclrec.evaluation.robustness import insert_noise, length_groups
 from mclrec.io import atomic_path, sha256_file, write_json
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint
-from mclrec.training.batches import eval_instances
-from mclrec.training.checkpoint import load_checkpoint
-from mclrec.training.objectives import build_parts
-from mclrec.training.trainer import SUMMARY, resolve_device
+from mclrec.data.instances import eval_instances
+from mclrec.checkpoint import load_checkpoint
+from mclrec.device import resolve_device
+from mclrec.models.parts import build_parts
+from mclrec.paths import RUN_SUMMARY
 
 
 def load_encoder(path: Path, fmt: str, data: ProcessedData, device: torch.device) -> tuple[SASRecEncoder, dict[str, Any]]:
@@ -53,8 +54,9 @@ def evaluate_checkpoint(
     noise: tuple[float, ...] = (),
     groups: bool = False,
     seed: int = 0,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Full-ranking metrics on valid and test (plus noise and length-group results); also the per-user test ranks."""
+) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """Full-ranking metrics on valid and test (plus noise and length-group results), the per-user test ranks and
+    the checkpoint's metadata (its config, state)."""
     dev = resolve_device(device)
     encoder, meta = load_encoder(checkpoint, fmt, data, dev)
     buckets = meta["config"].get("length_buckets", [])  # the run's own exact speed-up; none for RecBole files
@@ -76,15 +78,28 @@ def evaluate_checkpoint(
             name: {"n_users": int(mask.sum()), **(metrics_from_ranks(test_ranks[torch.as_tensor(mask)], ks) if mask.any() else {})}
             for name, mask in length_groups(total).items()
         }
-    result["_meta"] = meta
-    return result, test_ranks.numpy()
+    return result, test_ranks.numpy(), meta
 
 
-def results_record(dataset: str, result: dict[str, Any], checkpoint: Path, fmt: str, data: ProcessedData) -> dict[str, Any]:
-    """The results JSON document (schema in README.md)."""
-    meta = result.pop("_meta")
+def evaluate_run(dataset: str, data: ProcessedData, checkpoint: Path, fmt: str = "mclrec", device: str = "auto",
+                 batch_size: int = 2048, ks: tuple[int, ...] = (5, 10, 20, 50), noise: tuple[float, ...] = (),
+                 groups: bool = False, seed: int = 0, variant: Optional[str] = None) -> tuple[dict[str, Any], np.ndarray]:
+    """What `mclrec evaluate` writes for one checkpoint: the results document and the per-user test ranks.
+
+    `variant` names the run when the checkpoint does not (a RecBole file or a published checkpoint).
+    """
+    result, ranks, meta = evaluate_checkpoint(data, checkpoint, fmt, device, batch_size, ks, noise, groups, seed)
+    record = results_record(dataset, result, meta, checkpoint, fmt, data)
+    if record["variant"] is None:
+        record["variant"] = variant
+    return record, ranks
+
+
+def results_record(dataset: str, result: dict[str, Any], meta: dict[str, Any], checkpoint: Path, fmt: str,
+                   data: ProcessedData) -> dict[str, Any]:
+    """The results JSON document (schema in README.md) from evaluate_checkpoint's result and metadata."""
     cfg = meta.get("config", {})
-    summary_path = checkpoint.parent / SUMMARY
+    summary_path = checkpoint.parent / RUN_SUMMARY
     summary = json.loads(summary_path.read_text()) if fmt == "mclrec" and summary_path.is_file() else {}
     state = meta.get("state", {})
     return {

@@ -10,7 +10,7 @@ from torch import Tensor
 from mclrec.evaluation.metrics import metrics_from_ranks, target_ranks
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode
-from mclrec.training.batches import Instances
+from mclrec.data.instances import Instances
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mclrec.training.batches import Instances
+from mclrec.data.instances import Instances
 
 LENGTH_GROUPS = (("=5", 5, 5), ("6-8", 6, 8), (">8", 9, None))
 

@@ -9,11 +9,11 @@ from typing import Optional
 import typer
 
 from mclrec import config, paths
+from mclrec.cli_common import ParamsOpt, err_console, user_errors
 
 report_app = typer.Typer(help="The paper study: seed evaluation and aggregates, tables, figures, curves, report.",
                          no_args_is_help=True)
 
-ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 ResultsOpt = typer.Option(Path("results"), help="Results root.")
 FIGURES = ("joint_vs_meta", "batch_sizes", "groups_trained", "noise-<dataset>", "groups-<dataset>", "grid-<dataset>")
 DATASET_FIGURES = {"grid": "Fig. 6: lambda x beta", "noise": "Fig. 7: test-time noise",
@@ -23,8 +23,6 @@ ModelsOpt = typer.Option(Path("models"), help="Models root (run folders and trai
 
 
 def _guard():
-    from mclrec.cli import user_errors
-
     return user_errors()
 
 
@@ -37,24 +35,26 @@ def evaluate_seed(
     results: Path = ResultsOpt,
     models: Path = ModelsOpt,
 ) -> None:
-    """`mclrec evaluate` of a study run with the study's test-time noise ratios and length groups (Figs. 7, 8)."""
-    from mclrec.cli import app
+    """`mclrec evaluate` of a study run with the study's test-time noise ratios and length groups (Figs. 7, 8):
+    models/<d>/<v>/seed<k>/best.pt into results/<d>/<v>/seed<k>.json (and .ranks.npy)."""
+    from mclrec.data.processed import load_processed
+    from mclrec.evaluation.evaluate import evaluate_run, write_results
 
     with _guard():
-        noise = config.load_params(params)["study"]["noise"]
-    status = app(evaluate_seed_args(dataset, variant, seed, noise, params, results, models), standalone_mode=False)
-    if status:
-        raise typer.Exit(status)
+        params_dict = config.load_params(params)
+        config.resolve_run(params_dict, dataset, variant)  # both must be declared
+        checkpoint, output = seed_run_paths(dataset, variant, seed, results, models)
+        data = load_processed(paths.processed_dir(dataset))
+        record, ranks = evaluate_run(dataset, data, checkpoint, ks=tuple(params_dict["train"]["eval_ks"]),
+                                     noise=tuple(params_dict["study"]["noise"]), groups=True, variant=variant)
+        write_results(output, record, ranks)
+        err_console.print(f"{output}: test NDCG@20={record['metrics']['test'].get('NDCG@20', float('nan')):.4f}")
 
 
-def evaluate_seed_args(dataset: str, variant: str, seed: int, noise: list[float], params: Path, results: Path,
-                       models: Path) -> list[str]:
-    """The `mclrec evaluate` arguments for seed `seed` of a study run (its checkpoint, results path, noise, groups)."""
+def seed_run_paths(dataset: str, variant: str, seed: int, results: Path, models: Path) -> tuple[Path, Path]:
+    """The checkpoint and the results JSON of seed `seed` of a study run."""
     run = Path(dataset) / variant
-    return ["evaluate", "--dataset", dataset, "--variant", variant, "--params", str(params),
-            "--checkpoint", str(models / run / f"seed{seed}" / "best.pt"),
-            "--output", str(results / run / f"seed{seed}.json"), "--groups",
-            *[arg for ratio in noise for arg in ("--noise", str(ratio))]]
+    return models / run / f"seed{seed}" / "best.pt", results / run / f"seed{seed}.json"
 
 
 @report_app.command()

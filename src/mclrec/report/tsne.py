@@ -16,9 +16,10 @@ import torch
 
 from mclrec.data.processed import ProcessedData
 from mclrec.models.augment import two_views
-from mclrec.training.batches import eval_instances
-from mclrec.training.checkpoint import load_checkpoint
-from mclrec.training.objectives import build_parts, mask_id
+from mclrec.data.instances import eval_instances
+from mclrec.checkpoint import load_checkpoint
+from mclrec.models.parts import build_parts
+from mclrec.training.objectives import mask_id
 
 VIEWS = {"z": ("z1", "z2"), "h": ("h1", "h2")}
 

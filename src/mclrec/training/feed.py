@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 import torch
 
 from mclrec.data.processed import ProcessedData
-from mclrec.training.batches import (Instances, SameTargetIndex, SeenItems, batch_indices, sequence_training_instances,
-                                     training_instances)
+from mclrec.data.instances import Instances, sequence_training_instances, training_instances
+from mclrec.training.batches import SameTargetIndex, SeenItems, batch_indices
 from mclrec.training.objectives import Batch, make_batch, mask_id
 
 

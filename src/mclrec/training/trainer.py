@@ -15,18 +15,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from mclrec import __version__
 from mclrec.data.processed import ProcessedData
+from mclrec.device import resolve_device  # noqa: F401 (also the trainer's public name for it)
 from mclrec.environment import run_environment
+from mclrec.paths import RUN_BEST, RUN_CURVES, RUN_LAST, RUN_LOG, RUN_PREV, RUN_SUMMARY
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
-from mclrec.training.batches import eval_instances
+from mclrec.data.instances import eval_instances
 from mclrec.training.early_stopping import judge, stop_reason
-from mclrec.training.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from mclrec.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from mclrec.training.feed import TrainingFeed
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, uses_augmenters
 
-BEST, LAST, LOG, SUMMARY, CURVES = "best.pt", "last.pt", "log.jsonl", "summary.json", "curves.json"
-PREV = "last.prev.pt"  # the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
+# PREV: the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
+BEST, LAST, PREV, LOG, SUMMARY, CURVES = RUN_BEST, RUN_LAST, RUN_PREV, RUN_LOG, RUN_SUMMARY, RUN_CURVES
 RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size")
 
 
@@ -46,16 +48,6 @@ class RunState:
     train_seconds: float = 0.0
     stopped: str = ""
     log: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else CPU; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MclrecError(f"device '{name}' requested but CUDA is not available (use device=auto or cpu)")
-    return device
 
 
 def schedule_of(cfg: dict) -> str:

@@ -1,0 +1,44 @@
+"""The run device (`auto` resolution), device queries the workflows make without building anything, and the CUDA
+determinism switch."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from mclrec.errors import MclrecError
+
+if TYPE_CHECKING:  # torch is imported lazily: the Snakefile reads this module when it parses
+    import torch
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU; anything else is passed to torch."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MclrecError(f"device '{name}' requested but CUDA is not available (use device=auto or cpu)")
+    return device
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device on this machine."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def enable_determinism() -> None:
+    """Deterministic CUDA kernels or a RuntimeError: fixed cuBLAS workspace, torch's deterministic algorithms.
+
+    Call before the first CUDA operation; the CPU is deterministic for a seed without it. Untested on a GPU here.
+    """
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    torch.use_deterministic_algorithms(True)

@@ -1,0 +1,72 @@
+"""The trainable modules of a run, built from its settings: the encoder and, for MCLRec, the augmenters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mclrec.models.augmenters import build_augmenter
+from mclrec.models.encoder import SASRecEncoder
+
+
+@dataclass
+class ModelParts:
+    """The trainable modules of one run: the encoder, and MCLRec's augmenters when in use."""
+
+    encoder: SASRecEncoder
+    augmenter1: Optional[nn.Module] = None
+    augmenter2: Optional[nn.Module] = None
+
+    def augmenter_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the distinct augmenter modules (one set when shared)."""
+        mods = {id(m): m for m in (self.augmenter1, self.augmenter2) if m is not None}
+        return [p for m in mods.values() for p in m.parameters()]
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Named modules, for checkpoints and train/eval mode switches."""
+        mods: dict[str, nn.Module] = {"encoder": self.encoder}
+        if self.augmenter1 is not None:
+            mods["augmenter1"] = self.augmenter1
+        if self.augmenter2 is not None and self.augmenter2 is not self.augmenter1:
+            mods["augmenter2"] = self.augmenter2
+        return mods
+
+    def train(self, mode: bool = True) -> None:
+        """Set train/eval mode on every module."""
+        for module in self.modules().values():
+            module.train(mode)
+
+    def to(self, device: torch.device) -> "ModelParts":
+        """Move every module to `device`."""
+        for module in self.modules().values():
+            module.to(device)
+        return self
+
+
+def uses_augmenters(cfg: dict) -> bool:
+    """MCLRec with L_cl2 on has learnable augmenters (w/o L_cl2 it is CL4SRec with MCLRec's weights)."""
+    return cfg["model"] == "mclrec" and bool(cfg["cl2"])
+
+
+def build_parts(cfg: dict, n_items: int) -> ModelParts:
+    """Create freshly initialised modules for a resolved run config."""
+    encoder = SASRecEncoder(
+        n_items=n_items,
+        max_len=cfg["max_len"],
+        hidden_size=cfg["hidden_size"],
+        n_layers=cfg["n_layers"],
+        n_heads=cfg["n_heads"],
+        inner_size=cfg["inner_size"],
+        hidden_dropout=cfg["hidden_dropout"],
+        attn_dropout=cfg["attn_dropout"],
+        layer_norm_eps=cfg["layer_norm_eps"],
+        initializer_range=cfg["initializer_range"],
+    )
+    if not uses_augmenters(cfg):
+        return ModelParts(encoder)
+    aug1 = build_augmenter(cfg["augmenter"], cfg["hidden_size"])
+    aug2 = aug1 if cfg["share_augmenter"] else build_augmenter(cfg["augmenter"], cfg["hidden_size"])
+    return ModelParts(encoder, aug1, aug2)
