@@ -62,7 +62,7 @@ def test_preprocess_without_raw_file_says_to_download(tmp_path, monkeypatch):
 def test_download_manual_source_explains_where_to_get_and_put_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MCLREC_MIRROR", raising=False)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "data.md").read_text()
     block = readme.split("  yelp-2022:\n", 1)[1].split("```", 1)[0]
     entry = yaml.safe_load("yelp-2022:\n" + block)["yelp-2022"]
     res = runner.invoke(app, ["download", "yelp-2022", "--params", _params(tmp_path, **{"yelp-2022": entry})])
