@@ -1,0 +1,59 @@
+"""Checkpoints written before the refactor (tests/fixtures/checkpoint-v0.1) still load, evaluate and resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mclrec.checkpoint import load_checkpoint
+from mclrec.data.preprocess import preprocess
+from mclrec.data.processed import load_processed
+from mclrec.evaluation.evaluate import evaluate_checkpoint
+from mclrec.training.trainer import TrainingError, train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint-v0.1"
+
+
+def _without_timings(path: Path) -> list[dict]:
+    """The log's records without the wall-clock fields (the only ones that differ between two runs)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "eval_seconds")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compat") / "processed"
+    preprocess(FIXTURE / "raw.txt", "seqtxt", 5, 5, 12, out)
+    return load_processed(out)
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return json.loads((FIXTURE / "expected.json").read_text())
+
+
+def test_old_best_checkpoint_evaluates_to_the_same_metrics(data, expected):
+    result, _, meta = evaluate_checkpoint(data, FIXTURE / "best.pt", device="cpu", ks=(5, 10))
+    assert result["metrics"] == expected["metrics"]
+    assert meta["config"]["early_stopping"] == "exact"  # filled in for files that predate the setting
+
+
+def test_old_last_checkpoint_resumes_exactly(data, expected, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "best.pt", "log.jsonl", "summary.json"):
+        shutil.copy(FIXTURE / name, run / name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # today's settings resolve with the new defaults; the old run was trained with exact early stopping
+        cfg = {**expected["cfg"], "early_stopping": "official", "mask_item": "padding", "max_epochs": 3}
+        with pytest.raises(TrainingError, match="settings differ from the checkpoint: early_stopping"):
+            train(cfg, data, run, resume="must", progress=False)
+        train({**cfg, "early_stopping": "exact"}, data, run, resume="must", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert _without_timings(run / "log.jsonl") == _without_timings(FIXTURE / "log3.jsonl")
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
