@@ -30,11 +30,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mclrec.config import NAIVE_PATH, load_params, parse_overrides, resolve_run
+from mclrec.config import NAIVE_PATH, load_params, parse_overrides, run_config
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.environment import cpu_model
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
+from mclrec.run_config import RunConfig
 from mclrec.data.instances import eval_instances
 from mclrec.training.feed import TrainingFeed
 from mclrec.device import resolve_device
@@ -85,10 +86,10 @@ def peak_rss_mib() -> float:
 class VariantRun:
     """One variant's modules, optimisers and feed, stepping through random batches as training does."""
 
-    def __init__(self, cfg: dict, data: ProcessedData, device: torch.device):
-        torch.manual_seed(cfg["seed"])
+    def __init__(self, cfg: RunConfig, data: ProcessedData, device: torch.device):
+        torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, device
-        self.generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.parts = build_parts(cfg, data.n_items).to(device)
         self.parts.train(True)
         self.optimisers = Optimisers(cfg, self.parts)
@@ -125,10 +126,10 @@ def bench_eval(run: VariantRun, data: ProcessedData) -> dict[str, Any]:
     """rank_all over every test user once, after an untimed warm-up on the first chunk."""
     cfg, device = run.cfg, run.device
     test = eval_instances(data, "test", device)
-    rank_all(run.parts.encoder, test, cfg["eval_batch_size"], cfg["length_buckets"])  # warm-up
+    rank_all(run.parts.encoder, test, cfg.eval_batch_size, cfg.length_buckets)  # warm-up
     sync(device)
     start = time.perf_counter()
-    rank_all(run.parts.encoder, test, cfg["eval_batch_size"], cfg["length_buckets"])
+    rank_all(run.parts.encoder, test, cfg.eval_batch_size, cfg.length_buckets)
     sync(device)
     return {"users": len(test), "items": data.n_items, "seconds": time.perf_counter() - start}
 
@@ -204,16 +205,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides.update(parse_overrides(args.overrides))
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    cfgs = [resolve_run(params, args.dataset, v, overrides) for v in args.variants]
+    cfgs = [run_config(params, args.dataset, v, overrides) for v in args.variants]
     device = resolve_device(args.device)
-    if args.threads or cfgs[0]["num_threads"]:
-        torch.set_num_threads(args.threads or cfgs[0]["num_threads"])
+    if args.threads or cfgs[0].num_threads:
+        torch.set_num_threads(args.threads or cfgs[0].num_threads)
     data = load_processed(args.data_dir)
-    if data.max_len != cfgs[0]["max_len"]:
+    if data.max_len != cfgs[0].max_len:
         raise SystemExit(f"{args.data_dir}: max_len {data.max_len} differs from params.yaml's {cfgs[0]['max_len']}")
 
     peak = matmul_gflops(device, args.matmul_size)
-    runs = {cfg["variant"]: VariantRun(cfg, data, device) for cfg in cfgs}
+    runs = {cfg.variant: VariantRun(cfg, data, device) for cfg in cfgs}
     for run in runs.values():
         for _ in range(args.warmup):
             run.step()
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"variant": name, "batch_s": batch_s, "batches_per_epoch": per_epoch, "epoch_s": batch_s * per_epoch,
                      "gflop_per_batch": flops / 1e9, "gflops": flops / batch_s / 1e9,
                      "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
-                     "length_buckets": list(run.cfg["length_buckets"]), "batch_views": run.cfg["batch_views"]})
+                     "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views})
     evaluation = None if args.no_eval else bench_eval(runs.get("sasrec") or next(iter(runs.values())), data)
     by_name = {r["variant"]: r for r in rows}
     summary: dict[str, Any] = {"peak_rss_mib": peak_rss_mib()}
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["mclrec_sasrec_epoch_ratio"] = by_name["mclrec"]["epoch_s"] / by_name["sasrec"]["epoch_s"]
         summary["mclrec_sasrec_flop_ratio"] = by_name["mclrec"]["gflop_per_batch"] / by_name["sasrec"]["gflop_per_batch"]
     header = {**machine(device), "fp32_matmul_gflops": round(peak, 1), "dataset": args.dataset,
-              "batch_size": cfgs[0]["batch_size"], "path": "naive (speed-ups off)" if args.naive else "params.yaml",
+              "batch_size": cfgs[0].batch_size, "path": "naive (speed-ups off)" if args.naive else "params.yaml",
               "batches_timed": args.batches, "peak_rss_mib": round(summary["peak_rss_mib"])}
     if args.profile in runs:  # after all timings, so the profiler's cost does not leak into them
         print(f"profile of {args.profile} (top ops by self time):\n{profile_variant(runs[args.profile], 3)}\n")

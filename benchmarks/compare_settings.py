@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from mclrec.config import NAIVE_PATH, load_params, parse_overrides, resolve_run
+from mclrec.config import NAIVE_PATH, load_params, parse_overrides, resolve_run, run_config
 from mclrec.data.processed import load_processed
 from mclrec.evaluation.evaluate import evaluate_checkpoint
 from mclrec.io import atomic_open
@@ -62,7 +62,7 @@ def describe(settings: dict[str, Any]) -> str:
 def run_seed(cfg: dict, data, run_dir: Path) -> dict[str, float]:
     """Train one run afresh and return its best checkpoint's test metrics."""
     summary = train(cfg, data, run_dir, resume="never", progress=False)
-    result, _, _ = evaluate_checkpoint(data, run_dir / BEST, device=cfg["device"], batch_size=cfg["eval_batch_size"])
+    result, _, _ = evaluate_checkpoint(data, run_dir / BEST, device=cfg.device, batch_size=cfg.eval_batch_size)
     return {**result["metrics"]["test"], "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"]}
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = {"a": 0.0, "b": 0.0}
     for seed in args.seeds:
         for name, setting in settings.items():
-            cfg = resolve_run(params, args.dataset, args.variant, {**common, **setting, "seed": seed})
+            cfg = run_config(params, args.dataset, args.variant, {**common, **setting, "seed": seed})
             start = time.perf_counter()
             results[name].append(run_seed(cfg, data, args.out / name / f"seed-{seed}"))
             seconds[name] += time.perf_counter() - start

@@ -42,11 +42,10 @@ def tiny(tiny_dir):
 def run_cfg(params):
     """Resolved settings for a variant on the tiny dataset, CPU, small batches; extra overrides as kwargs."""
 
-    def make(variant: str, **overrides) -> dict:
-        cfg = config.resolve_run(params, "synthetic", variant)
-        cfg.update({"device": "cpu", "batch_size": 64, "eval_batch_size": 256, "max_len": 20, "max_epochs": 2,
-                    **overrides})
-        return cfg
+    def make(variant: str, **overrides) -> config.RunConfig:
+        cfg = config.run_config(params, "synthetic", variant)
+        return cfg.replace(**{"device": "cpu", "batch_size": 64, "eval_batch_size": 256, "max_len": 20, "max_epochs": 2,
+                              **overrides})
 
     return make
 

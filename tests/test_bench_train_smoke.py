@@ -59,15 +59,15 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
 
 def test_flops_are_counted_on_the_real_step(tiny_processed):
     """SASRec's counted FLOPs: the full-softmax logits alone are 2 B H (N + 1) forward, x3 with backward."""
-    from mclrec.config import load_params, resolve_run
+    from mclrec.config import load_params, run_config
     from mclrec.data.processed import load_processed
 
     bench = load_benchmark("bench_train")
     data = load_processed(tiny_processed)
-    cfg = resolve_run(load_params(ROOT / "params.yaml"), "synthetic", "sasrec", {"batch_size": 16, "device": "cpu"})
+    cfg = run_config(load_params(ROOT / "params.yaml"), "synthetic", "sasrec", {"batch_size": 16, "device": "cpu"})
     sasrec = bench.VariantRun(cfg, data, torch.device("cpu")).flops(1)
     logits = 3 * 2 * 16 * 64 * (data.n_items + 1)
     assert sasrec > logits  # plus the encoder's matrix products
-    mclrec_cfg = resolve_run(load_params(ROOT / "params.yaml"), "synthetic", "mclrec", {"batch_size": 16, "device": "cpu"})
+    mclrec_cfg = run_config(load_params(ROOT / "params.yaml"), "synthetic", "mclrec", {"batch_size": 16, "device": "cpu"})
     mclrec = bench.VariantRun(mclrec_cfg, data, torch.device("cpu"))
     assert mclrec.flops(1) > 3 * sasrec  # two encoder updates over input + two views, plus the augmenter step

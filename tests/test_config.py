@@ -125,3 +125,31 @@ def test_study_names_must_exist(tmp_path):
         _load_with(tmp_path, "mclrec-no-reg, mclrec-shared]", "mclrec-no-xyz, mclrec-shared]")
     with pytest.raises(ConfigError, match="study.datasets: 'ml1m' is not in datasets"):
         _load_with(tmp_path, "datasets: [beauty, sports, yelp]", "datasets: [beauty, ml1m]")
+
+
+def test_run_config_has_exactly_the_schema_settings(params):
+    import dataclasses
+
+    from mclrec.config import load_schema, run_config
+    from mclrec.run_config import IDENTITY, RunConfig
+
+    settings = set(load_schema()["$defs"]["settings"]["properties"])
+    assert {f.name for f in dataclasses.fields(RunConfig)} == settings | set(IDENTITY)
+    cfg = run_config(params, "beauty", "mclrec")
+    assert (cfg.lambda_cl1, cfg.beta, cfg.model) == (0.0, 0.05, "mclrec")  # Beauty's per-dataset weights
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.beta = 1.0
+    with pytest.raises(AttributeError):
+        cfg.lambda_cl  # noqa: B018 - a mistyped name fails at once
+    assert RunConfig.of(cfg.to_dict()) == cfg and cfg.replace(beta=0.2).beta == 0.2
+
+
+def test_run_config_from_a_document_with_a_missing_or_unknown_key_is_refused(params):
+    from mclrec.config import ConfigError, resolve_run
+    from mclrec.run_config import RunConfig
+
+    doc = resolve_run(params, "beauty", "sasrec")
+    with pytest.raises(ConfigError, match=r"missing \['beta'\]"):
+        RunConfig.of({k: v for k, v in doc.items() if k != "beta"})
+    with pytest.raises(ConfigError, match=r"unknown \['betta'\]"):
+        RunConfig.of({**doc, "betta": 0.1})

@@ -30,7 +30,7 @@ def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
         seq[torch.arange(width)[None, :] >= lengths[:, None]] = 0
         views.append((seq, lengths))
     together = encode_views(cfg, encoder, *views)
-    apart = encode_views({**cfg, **NAIVE_PATH}, encoder, *views)
+    apart = encode_views(cfg.replace(**NAIVE_PATH), encoder, *views)
     for a, b in zip(together, apart):
         assert torch.allclose(a, b, atol=1e-5)
 

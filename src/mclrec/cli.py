@@ -176,11 +176,11 @@ def train(
         for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs)):
             if value is not None:
                 overrides[key] = value
-        cfg = config.resolve_run(config.load_params(params), dataset, variant, overrides)
+        cfg = config.run_config(config.load_params(params), dataset, variant, overrides)
         data = load_processed(data_dir or paths.processed_dir(dataset))
-        if data.max_len != cfg["max_len"]:
+        if data.max_len != cfg.max_len:
             raise MclrecError(f"{data_dir or paths.processed_dir(dataset)}: processed with max_len={data.max_len}, "
-                              f"params say {cfg['max_len']}; re-run `mclrec preprocess {dataset}`")
+                              f"params say {cfg.max_len}; re-run `mclrec preprocess {dataset}`")
         mode = "must" if resume else "if-compatible" if resume_if_compatible else "never"
         summary = run_training(cfg, data, out or paths.run_dir(dataset, variant), resume=mode, progress=progress)
         err_console.print(f"{dataset}/{variant}: {summary['stopped']}; best {summary['valid_metric']}="

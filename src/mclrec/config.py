@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from mclrec.errors import ConfigError
+from mclrec.run_config import RunConfig
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
@@ -218,6 +219,11 @@ def _validate_settings(settings: dict, source: str) -> None:
     if error is not None:
         path, message = _describe(error)
         raise ConfigError(f"{source}: {'.'.join(map(str, path)) or '(settings)'}: {message}")
+
+
+def run_config(params: dict, dataset: str, variant: str, overrides: dict | None = None) -> RunConfig:
+    """resolve_run as a typed, frozen RunConfig (what training reads)."""
+    return RunConfig.of(resolve_run(params, dataset, variant, overrides))
 
 
 def resolve_run(params: dict, dataset: str, variant: str, overrides: dict | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from torch import nn
 
 from mclrec.models.augmenters import build_augmenter
 from mclrec.models.encoder import SASRecEncoder
+from mclrec.run_config import RunConfig
 
 
 @dataclass
@@ -46,27 +47,29 @@ class ModelParts:
         return self
 
 
-def uses_augmenters(cfg: dict) -> bool:
+def uses_augmenters(cfg: RunConfig | dict) -> bool:
     """MCLRec with L_cl2 on has learnable augmenters (w/o L_cl2 it is CL4SRec with MCLRec's weights)."""
-    return cfg["model"] == "mclrec" and bool(cfg["cl2"])
+    cfg = RunConfig.of(cfg)
+    return cfg.model == "mclrec" and bool(cfg.cl2)
 
 
-def build_parts(cfg: dict, n_items: int) -> ModelParts:
-    """Create freshly initialised modules for a resolved run config."""
+def build_parts(cfg: RunConfig | dict, n_items: int) -> ModelParts:
+    """Create freshly initialised modules for a run (a RunConfig, or a checkpoint's stored settings)."""
+    cfg = RunConfig.of(cfg)
     encoder = SASRecEncoder(
         n_items=n_items,
-        max_len=cfg["max_len"],
-        hidden_size=cfg["hidden_size"],
-        n_layers=cfg["n_layers"],
-        n_heads=cfg["n_heads"],
-        inner_size=cfg["inner_size"],
-        hidden_dropout=cfg["hidden_dropout"],
-        attn_dropout=cfg["attn_dropout"],
-        layer_norm_eps=cfg["layer_norm_eps"],
-        initializer_range=cfg["initializer_range"],
+        max_len=cfg.max_len,
+        hidden_size=cfg.hidden_size,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        inner_size=cfg.inner_size,
+        hidden_dropout=cfg.hidden_dropout,
+        attn_dropout=cfg.attn_dropout,
+        layer_norm_eps=cfg.layer_norm_eps,
+        initializer_range=cfg.initializer_range,
     )
     if not uses_augmenters(cfg):
         return ModelParts(encoder)
-    aug1 = build_augmenter(cfg["augmenter"], cfg["hidden_size"])
-    aug2 = aug1 if cfg["share_augmenter"] else build_augmenter(cfg["augmenter"], cfg["hidden_size"])
+    aug1 = build_augmenter(cfg.augmenter, cfg.hidden_size)
+    aug2 = aug1 if cfg.share_augmenter else build_augmenter(cfg.augmenter, cfg.hidden_size)
     return ModelParts(encoder, aug1, aug2)

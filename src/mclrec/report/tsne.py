@@ -19,6 +19,7 @@ from mclrec.models.augment import two_views
 from mclrec.data.instances import eval_instances
 from mclrec.checkpoint import load_checkpoint
 from mclrec.models.parts import build_parts
+from mclrec.run_config import RunConfig
 from mclrec.training.objectives import mask_id
 
 VIEWS = {"z": ("z1", "z2"), "h": ("h1", "h2")}
@@ -34,7 +35,7 @@ def sample_users(n_users: int, n: int, seed: int) -> np.ndarray:
 def view_embeddings(checkpoint: Path, data: ProcessedData, rows: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """h1, h2 (encoder on two augmented views of each sampled test input) and, with augmenters, z1, z2; eval mode."""
     ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt["config"]
+    cfg = RunConfig.of(ckpt["config"])
     parts = build_parts(cfg, ckpt["n_items"])
     for name, module in parts.modules().items():
         module.load_state_dict(ckpt["modules"][name])
@@ -42,7 +43,7 @@ def view_embeddings(checkpoint: Path, data: ProcessedData, rows: np.ndarray, see
     test = eval_instances(data, "test", torch.device("cpu"))
     seq, lengths, _ = test.rows(torch.as_tensor(rows))
     generator = torch.Generator().manual_seed(seed)
-    v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg["crop_ratio"], cfg["mask_ratio"], cfg["reorder_ratio"],
+    v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg.crop_ratio, cfg.mask_ratio, cfg.reorder_ratio,
                                mask_id(cfg, ckpt["n_items"]))
     h1, h2 = parts.encoder(v1, l1), parts.encoder(v2, l2)
     views = {"h1": h1.numpy(), "h2": h2.numpy()}

@@ -14,6 +14,7 @@ import torch
 
 from mclrec.data.processed import ProcessedData
 from mclrec.data.instances import Instances, sequence_training_instances, training_instances
+from mclrec.run_config import RunConfig
 from mclrec.training.batches import SameTargetIndex, SeenItems, batch_indices
 from mclrec.training.objectives import Batch, make_batch, mask_id
 
@@ -22,18 +23,18 @@ from mclrec.training.objectives import Batch, make_batch, mask_id
 class TrainingFeed:
     """A run's training rows on the device and the indexes its batches need."""
 
-    cfg: dict
+    cfg: RunConfig
     instances: Instances
     same_target: Optional[SameTargetIndex]
     seen: Optional[SeenItems]
     masked_id: int
 
     @classmethod
-    def build(cls, cfg: dict, data: ProcessedData, device: torch.device) -> "TrainingFeed":
+    def build(cls, cfg: RunConfig, data: ProcessedData, device: torch.device) -> "TrainingFeed":
         """Instances and indexes for `cfg` (prefixes, or whole sequences when loss is bce) on `device`."""
-        sequences = cfg["loss"] == "bce"  # the original SASRec trains on whole sequences, not prefixes
+        sequences = cfg.loss == "bce"  # the original SASRec trains on whole sequences, not prefixes
         instances = sequence_training_instances(data, device) if sequences else training_instances(data, device)
-        same_target = SameTargetIndex.build(instances.targets) if cfg["model"] == "duorec" else None
+        same_target = SameTargetIndex.build(instances.targets) if cfg.model == "duorec" else None
         seen = SeenItems.build(instances, data.n_items) if sequences else None
         return cls(cfg, instances, same_target, seen, mask_id(cfg, data.n_items))
 
@@ -42,11 +43,11 @@ class TrainingFeed:
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.instances) / self.cfg["batch_size"])
+        return math.ceil(len(self.instances) / self.cfg.batch_size)
 
     def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
         """The batches of one shuffled pass over the instances."""
-        for index in batch_indices(len(self.instances), self.cfg["batch_size"], generator, generator.device):
+        for index in batch_indices(len(self.instances), self.cfg.batch_size, generator, generator.device):
             yield self.batch(index, generator)
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:

@@ -21,6 +21,7 @@ from mclrec.models.augment import two_views
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode
 from mclrec.models.parts import ModelParts, build_parts, uses_augmenters  # noqa: F401 (build_parts: re-exported)
+from mclrec.run_config import RunConfig
 from mclrec.models.losses import bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
 
 
@@ -37,40 +38,40 @@ class Batch:
     negatives: Optional[Tensor] = None  # loss bce: one negative item per position, [B, L]
 
 
-def mask_id(cfg: dict, n_items: int) -> int:
+def mask_id(cfg: RunConfig, n_items: int) -> int:
     """The id the mask augmentation writes: 0 (padding, MCLRec's code) or the mask token n_items + 1 (CL4SRec's)."""
-    return n_items + 1 if cfg["mask_item"] == "token" else 0
+    return n_items + 1 if cfg.mask_item == "token" else 0
 
 
-def make_batch(cfg: dict, seq: Tensor, lengths: Tensor, targets: Tensor, generator: torch.Generator,
+def make_batch(cfg: RunConfig, seq: Tensor, lengths: Tensor, targets: Tensor, generator: torch.Generator,
                partner: Optional[tuple[Tensor, Tensor]] = None, negatives: Optional[Tensor] = None,
                masked_id: int = 0) -> Batch:
     """Add the stochastic views (cl4srec, mclrec; masked items become `masked_id`) or the same-target partner
     (duorec); `negatives` are the bce loss's sampled items."""
     batch = Batch(seq, lengths, targets, partner=partner, negatives=negatives)
-    if cfg["model"] in ("cl4srec", "mclrec"):
-        v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg["crop_ratio"], cfg["mask_ratio"], cfg["reorder_ratio"],
+    if cfg.model in ("cl4srec", "mclrec"):
+        v1, l1, v2, l2 = two_views(seq, lengths, generator, cfg.crop_ratio, cfg.mask_ratio, cfg.reorder_ratio,
                                    masked_id)
         batch.view1, batch.view2 = (v1, l1), (v2, l2)
     return batch
 
 
-def _rec_loss(cfg: dict, encoder: SASRecEncoder, h: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
+def _rec_loss(cfg: RunConfig, encoder: SASRecEncoder, h: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
     """L_rec: full-softmax cross-entropy, or BPR against one uniformly sampled negative."""
-    if cfg["loss"] == "bpr":
+    if cfg.loss == "bpr":
         negatives = sample_negatives(targets, encoder.n_items, generator)
         return bpr_loss(h, encoder.item_weights(), targets, negatives)
     return rec_ce_loss(h, encoder.item_weights(), targets)
 
 
-def encode_views(cfg: dict, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
+def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
     """Encode several (seq, lengths) batches; with `batch_views` in one call on their concatenation (right-padded).
 
     Rows never interact in the encoder, so one call gives each row the same function as separate calls; only the
     order in which dropout masks are drawn differs (masks are i.i.d., so the training process has the same law).
     """
-    buckets = cfg["length_buckets"]
-    if not cfg["batch_views"] or len(views) == 1:
+    buckets = cfg.length_buckets
+    if not cfg.batch_views or len(views) == 1:
         return [encode(encoder, seq, lengths, buckets) for seq, lengths in views]
     width = max(seq.shape[1] for seq, _ in views)
     seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
@@ -78,15 +79,15 @@ def encode_views(cfg: dict, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor
     return list(h.split([len(seq) for seq, _ in views]))
 
 
-def encoder_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+def encoder_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss the encoder minimises (L0 for MCLRec) and its unweighted components (for the log)."""
-    return ENCODER_LOSSES[cfg["model"]](cfg, parts, batch, generator)
+    return ENCODER_LOSSES[cfg.model](cfg, parts, batch, generator)
 
 
-def sasrec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+def sasrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """SASRec: L = L_rec (Eq. 3), or with loss bce the original objective at every position of the sequence."""
     enc = parts.encoder
-    if cfg["loss"] == "bce":  # batch.targets are the next items [B, L], batch.negatives one sampled item each
+    if cfg.loss == "bce":  # batch.targets are the next items [B, L], batch.negatives one sampled item each
         rec = bce_loss(enc.sequence_states(batch.seq), enc.item_weights(), batch.targets, batch.negatives)
         return rec, {"rec": rec}
     (h,) = encode_views(cfg, enc, (batch.seq, batch.lengths))
@@ -94,29 +95,29 @@ def sasrec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Gen
     return rec, {"rec": rec}
 
 
-def cl4srec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+def cl4srec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """CL4SRec: L = L_rec + lambda * L_con(h1, h2) (Eq. 3, 8), h1 and h2 the encodings of two stochastic views."""
-    if cfg["lambda_cl1"] == 0:
+    if cfg.lambda_cl1 == 0:
         return sasrec_loss(cfg, parts, batch, generator)
     h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
     rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator)
-    cl1 = info_nce(h1, h2, cfg["temperature"])
-    return rec + cfg["lambda_cl1"] * cl1, {"rec": rec, "cl1": cl1}
+    cl1 = info_nce(h1, h2, cfg.temperature)
+    return rec + cfg.lambda_cl1 * cl1, {"rec": rec, "cl1": cl1}
 
 
-def duorec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+def duorec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """DuoRec (us_x): L = L_rec + lambda_sem * L_con(h', h_s), h' a second (dropout) encoding of the input and h_s
     the encoding of another instance with the same target."""
-    if cfg["lambda_sem"] == 0:
+    if cfg.lambda_sem == 0:
         return sasrec_loss(cfg, parts, batch, generator)
     inputs = (batch.seq, batch.lengths)
     h, h_drop, h_sem = encode_views(cfg, parts.encoder, inputs, inputs, batch.partner)
     rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator)
-    sem = info_nce(h_drop, h_sem, cfg["temperature"])
-    return rec + cfg["lambda_sem"] * sem, {"rec": rec, "sem": sem}
+    sem = info_nce(h_drop, h_sem, cfg.temperature)
+    return rec + cfg.lambda_sem * sem, {"rec": rec, "sem": sem}
 
 
-def mclrec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+def mclrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     """MCLRec's L0 (Eq. 14): L_rec + lambda * L_cl1 + beta * (L_cl2 + gamma * R), gamma = reg_weight.
 
     L_cl1 = L_con(h1, h2) (Eq. 8); L_cl2 and R (Eq. 9-13) contrast h1, h2 with z1 = w1(h1), z2 = w2(h2). Without
@@ -127,31 +128,31 @@ def mclrec_loss(cfg: dict, parts: ModelParts, batch: Batch, generator: torch.Gen
     h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
     terms = {"rec": _rec_loss(cfg, parts.encoder, h, batch.targets, generator)}
     total = terms["rec"]
-    if cfg["lambda_cl1"] > 0:
-        terms["cl1"] = info_nce(h1, h2, cfg["temperature"])
-        total = total + cfg["lambda_cl1"] * terms["cl1"]
+    if cfg.lambda_cl1 > 0:
+        terms["cl1"] = info_nce(h1, h2, cfg.temperature)
+        total = total + cfg.lambda_cl1 * terms["cl1"]
     aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2)
     terms.update(aug_terms)
-    return total + cfg["beta"] * aug_total, terms
+    return total + cfg.beta * aug_total, terms
 
 
 ENCODER_LOSSES = {"sasrec": sasrec_loss, "cl4srec": cl4srec_loss, "duorec": duorec_loss, "mclrec": mclrec_loss}
 
 
-def augmenter_loss(cfg: dict, parts: ModelParts, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+def augmenter_loss(cfg: RunConfig, parts: ModelParts, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
     """L1 = L_cl2 + gamma * R (Eq. 15), the augmenters' loss; the encoder re-encodes the views without autograd."""
     with torch.no_grad():
         h1, h2 = encode_views(cfg, parts.encoder, batch.view1, batch.view2)
     return _augmented_terms(cfg, parts, h1, h2)
 
 
-def _augmented_terms(cfg: dict, parts: ModelParts, h1: Tensor, h2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def _augmented_terms(cfg: RunConfig, parts: ModelParts, h1: Tensor, h2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """L_cl2 (Eq. 9) plus gamma * R (Eq. 11-13, gamma = reg_weight) on z1 = w1(h1), z2 = w2(h2) (Eq. 5-7)."""
     z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
-    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg["reg"])
+    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg.reg)
     terms = {"cl2": cl2}
     total = cl2
     if reg is not None:
         terms["reg"] = reg
-        total = total + cfg["reg_weight"] * reg
+        total = total + cfg.reg_weight * reg
     return total, terms

@@ -17,6 +17,7 @@ from mclrec import __version__
 from mclrec.data.processed import ProcessedData
 from mclrec.device import resolve_device  # noqa: F401 (also the trainer's public name for it)
 from mclrec.environment import run_environment
+from mclrec.run_config import RunConfig
 from mclrec.paths import RUN_BEST, RUN_CURVES, RUN_LAST, RUN_LOG, RUN_PREV, RUN_SUMMARY
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
@@ -50,26 +51,27 @@ class RunState:
     log: list[dict[str, Any]] = field(default_factory=list)
 
 
-def schedule_of(cfg: dict) -> str:
+def schedule_of(cfg: RunConfig) -> str:
     """The update schedule of a run: MCLRec with augmenters follows `schedule` (meta, paper or joint); every other
     run (the baselines, MCLRec without augmenters) is `single`: one encoder update per batch."""
-    return cfg["schedule"] if uses_augmenters(cfg) else "single"
+    return cfg.schedule if uses_augmenters(cfg) else "single"
 
 
 class Optimisers:
     """Adam for the encoder (theta) and, in the meta and paper schedules, a second Adam for the augmenters (phi1,
     phi2). In the joint schedule (MCLRec-J) one Adam holds theta and phi together."""
 
-    def __init__(self, cfg: dict, parts: ModelParts):
+    def __init__(self, cfg: RunConfig | dict, parts: ModelParts):
+        cfg = RunConfig.of(cfg)
         schedule = schedule_of(cfg)
         theta = list(parts.encoder.parameters())
         phi = parts.augmenter_parameters()
         # foreach: the same numbers as PyTorch's per-parameter loop (its CPU default), about 2x faster there
-        self.encoder = torch.optim.Adam(theta + phi if schedule == "joint" else theta, lr=cfg["lr"],
-                                        weight_decay=cfg["weight_decay"], foreach=True)
+        self.encoder = torch.optim.Adam(theta + phi if schedule == "joint" else theta, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, foreach=True)
         self.augmenter = None
         if schedule in ("meta", "paper"):
-            self.augmenter = torch.optim.Adam(phi, lr=cfg["augmenter_lr"], foreach=True)
+            self.augmenter = torch.optim.Adam(phi, lr=cfg.augmenter_lr, foreach=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder.state_dict(), "augmenter": self.augmenter.state_dict() if self.augmenter else None}
@@ -92,7 +94,7 @@ def _update(loss: torch.Tensor, optimisers: Optimisers, optimiser: torch.optim.O
     optimiser.step()
 
 
-def single_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def single_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
     """The baselines (and MCLRec without augmenters): theta <- Adam(theta, grad_theta L)."""
     loss, terms = encoder_loss(cfg, parts, batch, generator)
     _check_finite(terms, "encoder")
@@ -100,7 +102,7 @@ def single_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, gen
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def joint_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def joint_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
     """MCLRec-J (Fig. 3): one Adam step on L0 (Eq. 14) for theta, phi1 and phi2 together."""
     loss, terms = encoder_loss(cfg, parts, batch, generator)
     _check_finite(terms, "joint")
@@ -108,7 +110,7 @@ def joint_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, gene
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def mclrec_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
     """MCLRec's meta-optimised updates of one batch (Sec. 3.3, Algorithm 1).
 
     meta (default) runs steps 1-3, as the published code's trainer does; paper runs steps 1-2, as Algorithm 1
@@ -126,7 +128,7 @@ def mclrec_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, gen
     _check_finite({"augmenter": aug_loss}, "augmenter")
     _update(aug_loss, optimisers, optimisers.augmenter)
     logged["augmenter"] = float(aug_loss.detach())
-    if cfg["schedule"] == "meta":
+    if cfg.schedule == "meta":
         # Step 3, the published code's addition (not in Algorithm 1): L0 again with the updated augmenters;
         # theta moves. Its loss is not logged (the official trainer logs step 1's).
         loss, terms = encoder_loss(cfg, parts, batch, generator)
@@ -138,8 +140,9 @@ def mclrec_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, gen
 STEPS = {"single": single_step, "joint": joint_step, "meta": mclrec_step, "paper": mclrec_step}
 
 
-def train_step(cfg: dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def train_step(cfg: RunConfig | dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
     """One batch of the run's schedule (schedule_of): single, joint, or MCLRec's meta / paper steps."""
+    cfg = RunConfig.of(cfg)
     return STEPS[schedule_of(cfg)](cfg, parts, optimisers, batch, generator)
 
 
@@ -155,15 +158,15 @@ def _module_states(parts: ModelParts) -> dict[str, dict[str, torch.Tensor]]:
     return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in parts.modules().items()}
 
 
-def _best_payload(cfg: dict, modules: dict, data: ProcessedData, state: RunState) -> dict[str, Any]:
+def _best_payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState) -> dict[str, Any]:
     """best.pt: the weights of the best validation epoch, enough to evaluate or fine-tune."""
     return _payload(cfg, modules, data, replace(state, epoch=state.best_epoch), valid=state.best_valid)
 
 
-def _payload(cfg: dict, modules: dict, data: ProcessedData, state: RunState, **extra: Any) -> dict[str, Any]:
+def _payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState, **extra: Any) -> dict[str, Any]:
     """Checkpoint contents common to best.pt and last.pt."""
     return {
-        "config": cfg,
+        "config": cfg.to_dict(),
         "modules": modules,
         "n_items": data.n_items,
         "data_stats": data.stats,
@@ -175,13 +178,14 @@ def _payload(cfg: dict, modules: dict, data: ProcessedData, state: RunState, **e
     }
 
 
-def _restore(path: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, generator,
+def _restore(path: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
              data: ProcessedData) -> tuple[RunState, dict]:
     """Load last.pt into the live modules, optimisers and RNGs; refuse an incompatible run. Returns the best weights too."""
     ckpt = load_checkpoint(path)
     if ckpt["n_items"] != data.n_items:
         raise TrainingError(f"{path}: checkpoint has {ckpt['n_items']} items, the data has {data.n_items}")
-    changed = sorted(k for k in cfg if k not in RESUME_FREE_KEYS and ckpt["config"].get(k) != cfg[k])
+    settings = cfg.to_dict()
+    changed = sorted(k for k, v in settings.items() if k not in RESUME_FREE_KEYS and ckpt["config"].get(k) != v)
     if changed:
         raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)}")
     for name, module in parts.modules().items():
@@ -191,7 +195,7 @@ def _restore(path: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, g
     return RunState(**ckpt["state"]), ckpt["best"]
 
 
-def _restore_latest(run_dir: Path, cfg: dict, parts: ModelParts, optimisers: Optimisers, generator,
+def _restore_latest(run_dir: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
                     data: ProcessedData) -> tuple[RunState, dict, bool]:
     """_restore last.pt or, when it is missing or unreadable, last.prev.pt (warning on stderr); True if it fell back.
 
@@ -211,9 +215,9 @@ def _restore_latest(run_dir: Path, cfg: dict, parts: ModelParts, optimisers: Opt
         raise CheckpointError(f"cannot resume: neither {last} nor {prev} is usable ({problem}; {exc})") from None
 
 
-def _out_of_time(cfg: dict, state: RunState) -> bool:
+def _out_of_time(cfg: RunConfig, state: RunState) -> bool:
     """Whether the run has used its max_minutes budget (checked between epochs)."""
-    return bool(cfg["max_minutes"]) and state.train_seconds >= 60 * cfg["max_minutes"]
+    return bool(cfg.max_minutes) and state.train_seconds >= 60 * cfg.max_minutes
 
 
 def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) -> None:
@@ -226,7 +230,7 @@ def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) 
         json.dump(curves, fh, indent=1)
 
 
-def _train_epoch(cfg: dict, parts: ModelParts, optimisers: Optimisers, feed: TrainingFeed, generator: torch.Generator,
+def _train_epoch(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, feed: TrainingFeed, generator: torch.Generator,
                  on_batch: Callable[[], None]) -> dict[str, float]:
     """One pass over the shuffled training instances; returns the mean of each loss component."""
     parts.train(True)
@@ -241,19 +245,20 @@ def _train_epoch(cfg: dict, parts: ModelParts, optimisers: Optimisers, feed: Tra
     return {key: value / n_batches for key, value in sums.items()}
 
 
-def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True) -> dict[str, Any]:
+def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True) -> dict[str, Any]:
     """Train one run into `run_dir` (best.pt, last.pt, log.jsonl, summary.json); return the summary.
 
     resume: "never" starts afresh; "must" continues from last.pt (error if its settings differ);
     "if-compatible" continues when last.pt matches these settings and starts afresh otherwise.
     A missing or unreadable last.pt falls back to last.prev.pt, the checkpoint of the epoch before it.
     """
+    cfg = RunConfig.of(cfg)
     run_dir = Path(run_dir)
-    device = resolve_device(cfg["device"])
-    if cfg["num_threads"]:
-        torch.set_num_threads(cfg["num_threads"])
-    torch.manual_seed(cfg["seed"])
-    generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     parts = build_parts(cfg, data.n_items).to(device)
     optimisers = Optimisers(cfg, parts)
     feed = TrainingFeed.build(cfg, data, device)
@@ -274,7 +279,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     if best_modules is not None and (fell_back or not (run_dir / BEST).exists()):
         save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
     if resumed:
-        _write_log(run_dir, state.log, cfg["valid_metric"])  # Snakemake deletes it before re-running a killed job
+        _write_log(run_dir, state.log, cfg.valid_metric)  # Snakemake deletes it before re-running a killed job
     rotate = resumed and not fell_back  # last.pt is this run's good checkpoint: keep it as last.prev.pt
 
     started = time.monotonic() - state.train_seconds
@@ -282,7 +287,7 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   disable=not progress, transient=False) as bar:
-        while not state.stopped and state.epoch < cfg["max_epochs"] and not _out_of_time(cfg, state):
+        while not state.stopped and state.epoch < cfg.max_epochs and not _out_of_time(cfg, state):
             epoch = state.epoch + 1
             task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
             t0 = time.monotonic()
@@ -292,14 +297,14 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
             train_time = time.monotonic() - t0
-            valid = evaluate(parts.encoder, valid_data, cfg["eval_batch_size"], cfg["eval_ks"], cfg["length_buckets"])
-            metric = valid[cfg["valid_metric"]]
+            valid = evaluate(parts.encoder, valid_data, cfg.eval_batch_size, cfg.eval_ks, cfg.length_buckets)
+            metric = valid[cfg.valid_metric]
             state.epoch = epoch
             state.train_seconds = time.monotonic() - started
             record = {"epoch": epoch, "loss": losses,
                       "valid": valid, "epoch_seconds": train_time, "eval_seconds": time.monotonic() - t0 - train_time}
             state.log.append(record)
-            decision = judge(metric, state.best_metric, state.bad_epochs, cfg["patience"], cfg["early_stopping"])
+            decision = judge(metric, state.best_metric, state.bad_epochs, cfg.patience, cfg.early_stopping)
             if decision.improved:
                 state.best_metric, state.best_epoch, state.best_valid, state.bad_epochs = decision.score, epoch, valid, 0
                 best_modules = _module_states(parts)
@@ -307,16 +312,16 @@ def train(cfg: dict, data: ProcessedData, run_dir: Path, resume: str = "never", 
             else:
                 state.bad_epochs += 1
             if decision.stop:
-                state.stopped = stop_reason(cfg["valid_metric"], cfg["patience"], cfg["early_stopping"])
+                state.stopped = stop_reason(cfg.valid_metric, cfg.patience, cfg.early_stopping)
             save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
                                                     optimisers=optimisers.state_dict(), rng=rng_state(generator)),
                             keep_previous=run_dir / PREV if rotate else None)
             rotate = True
-            _write_log(run_dir, state.log, cfg["valid_metric"])
-            bar.update(task, info=f"{cfg['valid_metric']}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
-    stopped = state.stopped or (f"time budget of {cfg['max_minutes']} min reached" if _out_of_time(cfg, state)
-                                else f"max_epochs={cfg['max_epochs']} reached")
-    summary = {"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric, "valid_metric": cfg["valid_metric"],
+            _write_log(run_dir, state.log, cfg.valid_metric)
+            bar.update(task, info=f"{cfg.valid_metric}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
+    stopped = state.stopped or (f"time budget of {cfg.max_minutes} min reached" if _out_of_time(cfg, state)
+                                else f"max_epochs={cfg.max_epochs} reached")
+    summary = {"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric, "valid_metric": cfg.valid_metric,
                "epochs_run": state.epoch, "train_seconds": state.train_seconds, "stopped": stopped,
                "device": str(device), "best_checkpoint": str(run_dir / BEST),
                "environment": run_environment(torch.get_num_threads())}

@@ -1,0 +1,89 @@
+"""The settings of one run as a typed, frozen object: code reads `cfg.lambda_cl1`, a mistyped name fails at once.
+
+`config.resolve_run` builds the resolved settings from params.yaml (validated against the schema, with its
+file/line/key errors); `RunConfig.of` turns that document, or a checkpoint's stored copy of it, into this object.
+Checkpoints and results store `to_dict()`, so they stay plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from mclrec.errors import ConfigError
+
+IDENTITY = ("dataset", "variant", "model", "max_len")  # set by resolve_run, not by the settings schema
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run (params.schema.yaml, $defs.settings) plus what identifies it."""
+
+    # identity
+    dataset: str
+    variant: str
+    model: str
+    max_len: int
+    # run
+    seed: int
+    device: str
+    num_threads: Optional[int]
+    max_epochs: int
+    max_minutes: Optional[float]
+    patience: int
+    early_stopping: str
+    valid_metric: str
+    eval_ks: list[int]
+    batch_size: int
+    eval_batch_size: int
+    lr: float
+    weight_decay: float
+    # encoder
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    inner_size: int
+    hidden_dropout: float
+    attn_dropout: float
+    layer_norm_eps: float
+    initializer_range: float
+    length_buckets: list[int]
+    batch_views: bool
+    # losses and augmentation
+    loss: str
+    lambda_cl1: float
+    temperature: float
+    crop_ratio: float
+    mask_ratio: float
+    reorder_ratio: float
+    mask_item: str
+    lambda_sem: float
+    beta: float
+    cl2: bool
+    reg: bool
+    reg_weight: float
+    share_augmenter: bool
+    augmenter: str
+    augmenter_lr: float
+    schedule: str
+
+    @classmethod
+    def of(cls, settings: "RunConfig | Mapping[str, Any]") -> "RunConfig":
+        """A RunConfig as it is, or one built from a resolved-settings mapping (every field, nothing else)."""
+        if isinstance(settings, RunConfig):
+            return settings
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(settings))
+        unknown = sorted(set(settings) - names)
+        if missing or unknown:
+            raise ConfigError(f"run settings: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}")
+        return cls(**{name: settings[name] for name in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain settings document (what show-config prints and checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
