@@ -59,17 +59,49 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return payload
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run depends on: torch's global CPU/CUDA RNGs and the run's generator."""
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+CPU_GENERATOR_STATE_BYTES = 5056  # mt19937; a CUDA generator's (Philox) state is 16 bytes
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every random state a run depends on: torch's global CPU RNG, the run's generator (with its device type) and,
+    on CUDA, the run device's generator (dropout) only, not every visible GPU's."""
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+             "generator_device": generator.device.type}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Put back the random states saved by rng_state."""
+def saved_generator_device(state: dict[str, Any]) -> str:
+    """The device type the run's generator state was saved on (older checkpoints: told by the state's size)."""
+    if "generator_device" in state:
+        return state["generator_device"]
+    return "cpu" if state["generator"].numel() == CPU_GENERATOR_STATE_BYTES else "cuda"
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device, reseed: int) -> bool:
+    """Put back the random states saved by rng_state; True when every stream was restored exactly.
+
+    A CPU state cannot drive a CUDA generator and vice versa. When the run moved between device types (a resume on
+    a node with or without a GPU), the run's generator and the CUDA dropout generator are seeded with `reseed`
+    instead: deterministic, the same law, but not the numbers of an uninterrupted run. torch's global CPU RNG
+    always moves, as it is the same on every machine.
+    """
     torch.set_rng_state(state["torch"].cpu())
-    generator.set_state(state["generator"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    saved = saved_generator_device(state)
+    exact = saved == generator.device.type
+    if exact:
+        generator.set_state(state["generator"].cpu())
+    else:
+        generator.manual_seed(reseed)
+    if device.type == "cuda":
+        cuda = state.get("cuda")
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible device
+            index = device.index or 0
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None and saved == "cuda":
+            torch.cuda.set_rng_state(cuda.cpu(), device)
+        else:
+            torch.cuda.manual_seed(reseed)
+            exact = False
+    return exact

@@ -24,7 +24,8 @@ from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
 from mclrec.data.instances import eval_instances
 from mclrec.training.early_stopping import judge, stop_reason
-from mclrec.checkpoint import CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from mclrec.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+                               saved_generator_device)
 from mclrec.training.feed import TrainingFeed
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, uses_augmenters
 
@@ -191,8 +192,13 @@ def _restore(path: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimise
     for name, module in parts.modules().items():
         module.load_state_dict(ckpt["modules"][name])
     optimisers.load_state_dict(ckpt["optimisers"])
-    restore_rng_state(ckpt["rng"], generator)
-    return RunState(**ckpt["state"]), ckpt["best"]
+    state = RunState(**ckpt["state"])
+    device = next(parts.encoder.parameters()).device  # the run device
+    if not restore_rng_state(ckpt["rng"], generator, device, reseed=cfg.seed + 1_000_003 * state.epoch):
+        print(f"warning: {path} was written on a {saved_generator_device(ckpt['rng'])} run and this one runs on "
+              f"{device}; random streams cannot move between device types, so they were reseeded from the seed and "
+              "the epoch (deterministic, the same law, not the numbers of an uninterrupted run)", file=sys.stderr)
+    return state, ckpt["best"]
 
 
 def _restore_latest(run_dir: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
@@ -314,7 +320,7 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
             if decision.stop:
                 state.stopped = stop_reason(cfg.valid_metric, cfg.patience, cfg.early_stopping)
             save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
-                                                    optimisers=optimisers.state_dict(), rng=rng_state(generator)),
+                                                    optimisers=optimisers.state_dict(), rng=rng_state(generator, device)),
                             keep_previous=run_dir / PREV if rotate else None)
             rotate = True
             _write_log(run_dir, state.log, cfg.valid_metric)
