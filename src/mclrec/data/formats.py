@@ -10,10 +10,11 @@ import pyarrow as pa
 
 from mclrec.data import records
 from mclrec.data.rawio import check_exists, read_bytes
+from mclrec.data.recbole_inter import read_recbole_inter
 from mclrec.data.seqtxt import parse_seqtxt
 from mclrec.errors import DataError
 
-FORMATS = ("seqtxt", "amazon-ratings-csv", "amazon-reviews-json", "yelp-reviews-json")
+FORMATS = ("seqtxt", "amazon-ratings-csv", "amazon-reviews-json", "yelp-reviews-json", "recbole-inter")
 
 
 def read_raw(path: Path, fmt: str) -> pd.DataFrame:
@@ -45,4 +46,5 @@ _READERS = {
     "amazon-ratings-csv": records.read_ratings_csv,
     "amazon-reviews-json": records.read_amazon_json,
     "yelp-reviews-json": records.read_yelp_json,
+    "recbole-inter": read_recbole_inter,
 }
