@@ -252,6 +252,77 @@ def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, 
     return path, spec["format"]
 
 
+@app.command()
+def recommend(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
+    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (models/<d>/<v>/best.pt)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file instead of the variant's best.pt."),
+    checkpoint_format: CheckpointFormat = typer.Option(CheckpointFormat.mclrec, help="mclrec or recbole."),
+    published: Optional[str] = typer.Option(None, help="A published checkpoint declared in params.yaml."),
+    user: list[str] = typer.Option([], "--user", "-u", help="A user's original id (repeatable)."),
+    users_file: Optional[Path] = typer.Option(None, help="A file of original user ids, one per line."),
+    all_users: bool = typer.Option(False, "--all-users", help="Every user of the dataset."),
+    items: Optional[str] = typer.Option(None, help="An ad-hoc sequence of original item ids, oldest first, comma-separated."),
+    k: int = typer.Option(10, "--k", min=1, help="Items per user."),
+    exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Never recommend an item the user already had."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Write .csv, .jsonl or .parquet (user, rank, item, score); default: CSV on stdout."),
+    params: Path = ParamsOpt,
+    data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    progress: bool = typer.Option(True, help="Show a progress bar (with --all-users)."),
+) -> None:
+    """Top-k items for users named by their original ids (or all users), or after an ad-hoc item sequence."""
+    import numpy as np
+    from rich.progress import Progress
+
+    from mclrec.data.processed import load_processed
+    from mclrec.device import resolve_device
+    from mclrec.evaluation.evaluate import load_encoder
+    from mclrec.recommend import Catalogue, recommend_sequence, recommend_users, write_recommendations
+
+    with user_errors():
+        params_dict = config.load_params(params)
+        config.dataset_spec(params_dict, dataset)
+        chosen = sum(bool(x) for x in (user, users_file, all_users, items is not None))
+        if chosen != 1:
+            raise MclrecError("say whom to recommend for: --user ID (repeatable), --users-file FILE, --all-users or "
+                              "--items ID,ID,... (exactly one of them)")
+        if output is not None and output.suffix not in (".csv", ".jsonl", ".parquet"):
+            raise MclrecError(f"{output}: --output must end in .csv, .jsonl or .parquet")
+        fmt = CheckpointFormat(checkpoint_format).value
+        if published is not None:
+            checkpoint, fmt = _published_checkpoint(params_dict, published, dataset)
+        elif checkpoint is None:
+            if variant is None:
+                raise MclrecError("give --variant, --checkpoint FILE or --published NAME")
+            checkpoint = paths.run_dir(dataset, variant) / "best.pt"
+        folder = data_dir or paths.processed_dir(dataset)
+        data, catalogue = load_processed(folder), Catalogue.load(folder)
+        dev = resolve_device(device)
+        encoder, meta = load_encoder(checkpoint, fmt, data, dev)
+        buckets = meta["config"].get("length_buckets", [])
+        if items is not None:
+            frame = recommend_sequence(encoder, data, catalogue, [x.strip() for x in items.split(",") if x.strip()],
+                                       k, dev, exclude_seen)
+        else:
+            if all_users:
+                ids = np.arange(1, data.n_users + 1)
+            else:
+                names = list(user) if user else [line.strip() for line in users_file.read_text().splitlines()
+                                                  if line.strip()]
+                ids = catalogue.user_ids(names)
+            with Progress(disable=not (progress and all_users), transient=True) as bar:
+                task = bar.add_task("recommending", total=len(ids))
+                frame = recommend_users(encoder, data, catalogue, ids, k, dev, exclude_seen, buckets,
+                                        on_chunk=lambda n: bar.advance(task, n))
+        if output is None:
+            typer.echo(frame.to_csv(index=False), nl=False)
+        else:
+            write_recommendations(frame, output)
+            err_console.print(f"{output}: {frame['user'].nunique()} users x top {k}")
+
+
 @app.command("show-config")
 def show_config(
     dataset: str = typer.Argument(..., help="Dataset name."),

@@ -1,0 +1,108 @@
+"""`mclrec recommend`: top-k from full histories, seen items excluded on request, ids in and out as original ids."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mclrec.checkpoint import load_checkpoint
+from mclrec.cli import app
+from mclrec.models.parts import build_parts
+from mclrec.recommend import Catalogue, full_histories, recommend_users
+from mclrec.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tiny, run_cfg_module, tmp_path_factory):
+    run = tmp_path_factory.mktemp("rec") / "run"
+    train(run_cfg_module, tiny, run, progress=False)
+    ckpt = load_checkpoint(run / "best.pt")
+    encoder = build_parts(ckpt["config"], ckpt["n_items"]).encoder
+    encoder.load_state_dict(ckpt["modules"]["encoder"])
+    return run, encoder.eval()
+
+
+@pytest.fixture(scope="module")
+def run_cfg_module(params):
+    from mclrec import config
+
+    return config.run_config(params, "synthetic", "sasrec").replace(device="cpu", batch_size=128, max_len=20,
+                                                                     max_epochs=1)
+
+
+def test_full_histories_are_the_whole_sequences(tiny):
+    offsets, items = full_histories(tiny)
+    train, valid, test = tiny.train, tiny.valid, tiny.test
+    for u in range(tiny.n_users):  # test-only loop: the reference concatenation
+        expected = list(train.items[train.offsets[u]:train.offsets[u + 1]]) + [train.targets[u], valid.targets[u],
+                                                                                  test.targets[u]]
+        assert items[offsets[u]:offsets[u + 1]].tolist() == expected
+
+
+def test_top_k_is_the_best_scored_items_and_excludes_seen_on_request(tiny, tiny_dir, model):
+    _, encoder = model
+    catalogue = Catalogue.load(tiny_dir)
+    users = np.arange(1, 11)
+    got = recommend_users(encoder, tiny, catalogue, users, 5, torch.device("cpu"))
+    offsets, items = full_histories(tiny)
+    with torch.no_grad():
+        for u in users:  # reference: score the user's last max_len items directly
+            seq = items[offsets[u - 1]:offsets[u]][-tiny.max_len:]
+            scores = encoder.full_scores(encoder(torch.as_tensor(seq)[None], torch.tensor([len(seq)])))[0]
+            label = catalogue.user_labels[u - 1]
+            expected = catalogue.item_labels[scores.topk(5).indices.numpy()].tolist()
+            assert got[got["user"] == label]["item"].tolist() == expected
+    excluded = recommend_users(encoder, tiny, catalogue, users, 5, torch.device("cpu"), exclude_seen=True)
+    for u in users:
+        seen = set(catalogue.item_labels[items[offsets[u - 1]:offsets[u]] - 1])
+        rows = excluded[excluded["user"] == catalogue.user_labels[u - 1]]
+        assert len(rows) == 5 and not seen & set(rows["item"]) and rows["score"].is_monotonic_decreasing
+
+
+def _cli(run, tiny_dir, *args):
+    return runner.invoke(app, ["recommend", "-d", "synthetic", "--checkpoint", str(run / "best.pt"), "--device", "cpu",
+                               "--data-dir", str(tiny_dir), "--params", str(ROOT / "params.yaml"), *args])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_cli_writes_every_output_format(model, tiny_dir, tmp_path, suffix):
+    run, _ = model
+    out = tmp_path / f"rec{suffix}"
+    res = _cli(run, tiny_dir, "--all-users", "--k", "3", "--output", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    frame = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
+             ".jsonl": lambda p: pd.DataFrame([json.loads(x) for x in Path(p).read_text().splitlines()])}[suffix](out)
+    assert list(frame.columns) == ["user", "rank", "item", "score"] and len(frame) == 3 * frame["user"].nunique()
+
+
+def test_cli_users_and_sequences_by_original_id(model, tiny_dir):
+    run, _ = model
+    catalogue = Catalogue.load(tiny_dir)
+    first, second = catalogue.user_labels[:2]
+    res = _cli(run, tiny_dir, "--user", first, "--user", second, "--k", "2")
+    assert res.exit_code == 0 and res.output.splitlines()[0] == "user,rank,item,score"
+    assert [line.split(",")[0] for line in res.output.splitlines()[1:]] == [first, first, second, second]
+    res = _cli(run, tiny_dir, "--items", ",".join(catalogue.item_labels[:3]), "--k", "4", "--exclude-seen")
+    rows = res.output.splitlines()[1:]
+    assert res.exit_code == 0 and len(rows) == 4
+    assert not {r.split(",")[2] for r in rows} & set(catalogue.item_labels[:3])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--user", "nobody", "--user", "x"], "unknown user id(s): nobody, x"),
+    (["--items", "no-such-item"], "unknown item id(s): no-such-item"),
+    (["--items", " , "], "the item sequence is empty"),
+    ([], "exactly one of them"),
+    (["--all-users", "--output", "out.txt"], "must end in .csv, .jsonl or .parquet"),
+])
+def test_cli_bad_requests_are_clear_errors(model, tiny_dir, args, message):
+    run, _ = model
+    res = _cli(run, tiny_dir, *args)
+    assert res.exit_code == 1 and message in " ".join(res.output.split())
