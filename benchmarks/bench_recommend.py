@@ -21,7 +21,7 @@ from mclrec.data.processed import load_processed
 from mclrec.device import resolve_device
 from mclrec.environment import cpu_model
 from mclrec.evaluation.evaluate import load_encoder
-from mclrec.recommend import Catalogue, recommend_users
+from mclrec.recommend import DEFAULT_BUCKETS, Catalogue, recommend_users
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     recommend_users(encoder, data, catalogue, users[:256], args.k, device)  # warm-up
     start = time.perf_counter()
     frame = recommend_users(encoder, data, catalogue, users, args.k, device, args.exclude_seen,
-                            meta["config"].get("length_buckets", []))
+                            meta["config"].get("length_buckets") or DEFAULT_BUCKETS)
     seconds = time.perf_counter() - start
     print(f"- machine: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {device}")
     print(f"- {args.dataset}: {data.n_users} users x {data.n_items} items, top {args.k}"

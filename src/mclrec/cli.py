@@ -279,7 +279,7 @@ def recommend(
     from mclrec.data.processed import load_processed
     from mclrec.device import resolve_device
     from mclrec.evaluation.evaluate import load_encoder
-    from mclrec.recommend import Catalogue, recommend_sequence, recommend_users, write_recommendations
+    from mclrec.recommend import DEFAULT_BUCKETS, Catalogue, recommend_sequence, recommend_users, write_recommendations
 
     with user_errors():
         params_dict = config.load_params(params)
@@ -301,7 +301,7 @@ def recommend(
         data, catalogue = load_processed(folder), Catalogue.load(folder)
         dev = resolve_device(device)
         encoder, meta = load_encoder(checkpoint, fmt, data, dev)
-        buckets = meta["config"].get("length_buckets", [])
+        buckets = meta["config"].get("length_buckets") or DEFAULT_BUCKETS
         if items is not None:
             frame = recommend_sequence(encoder, data, catalogue, [x.strip() for x in items.split(",") if x.strip()],
                                        k, dev, exclude_seen)

@@ -23,6 +23,7 @@ from mclrec.io import atomic_open, write_parquet
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode
 
+DEFAULT_BUCKETS = (8, 16, 32)  # exact (fast_encoding); used when the checkpoint does not name its own
 SCORE_ELEMENTS = 1 << 26  # scores held at once: rows x items (256 MB of float32), for large catalogues
 CHUNK_ROWS = 1024  # users per chunk otherwise: smaller score blocks stay in cache (Beauty: 1.7x faster than 5,000)
 AD_HOC = "<sequence>"
@@ -99,7 +100,7 @@ def top_k(encoder: SASRecEncoder, seq: np.ndarray, lengths: np.ndarray, k: int, 
 
 
 def recommend_users(encoder: SASRecEncoder, data: ProcessedData, catalogue: Catalogue, users: np.ndarray, k: int,
-                    device: torch.device, exclude_seen: bool = False, length_buckets: Sequence[int] = (),
+                    device: torch.device, exclude_seen: bool = False, length_buckets: Sequence[int] = DEFAULT_BUCKETS,
                     on_chunk: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
     """Top-k for users (model ids 1..U) from their whole history, in memory-bounded chunks."""
     offsets, items = full_histories(data)
