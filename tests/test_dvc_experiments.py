@@ -52,9 +52,15 @@ def test_repro_then_experiment_with_a_changed_parameter(tmp_path):
     (exp,) = _experiments(json.loads(_run(["dvc", "exp", "show", "--json"], work).stdout))
     params = exp["data"]["params"]["params.yaml"]["data"]
     assert params["train"]["lr"] == 0.005
-    result = exp["data"]["metrics"]["results/synthetic/sasrec.json"]["data"]
-    assert result["config"]["lr"] == 0.005 and 0.0 <= result["metrics"]["test"]["NDCG@10"] <= 1.0
-    assert "results/synthetic/sasrec.json" in _run(["dvc", "metrics", "show"], work).stdout
+    metrics = exp["data"]["metrics"]
+    assert "results/synthetic/sasrec.json" not in metrics  # the full document (config, environment) is no metric
+    assert all(name.endswith((".metrics.json", "stats.json")) for name in metrics)
+    result = metrics["results/synthetic/sasrec.metrics.json"]["data"]
+    assert set(result) == {"test", "valid"} and set(result["test"]) == {f"{m}@{k}" for m in ("HR", "NDCG", "MRR")
+                                                                       for k in (5, 10, 20, 50)}
+    full = json.loads((work / "results/synthetic/sasrec.json").read_text())
+    assert full["config"]["lr"] == 0.005 and full["metrics"]["test"] == result["test"]
+    assert "results/synthetic/sasrec.metrics.json" in _run(["dvc", "metrics", "show"], work).stdout
     _run(["dvc", "plots", "show"], work)
     assert "curves.json" in (work / "dvc_plots" / "index.html").read_text()
 

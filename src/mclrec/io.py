@@ -93,3 +93,15 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def metrics_path(results_path: str | os.PathLike) -> Path:
+    """results/<d>/<v>.json -> results/<d>/<v>.metrics.json: the small, flat metrics file beside a results document."""
+    path = Path(results_path)
+    return path.with_name(path.name.removesuffix(".json") + ".metrics.json")
+
+
+def write_metrics(results_path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write only the test and validation metrics of a results (or aggregate) document beside it, atomically."""
+    metrics = record.get("metrics", {})
+    write_json(metrics_path(results_path), {split: metrics[split] for split in ("test", "valid") if split in metrics})

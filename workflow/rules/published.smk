@@ -19,6 +19,7 @@ rule evaluate_published:
         checkpoint=published_file,
     output:
         results="results/{dataset}/{checkpoint}.json",
+        metrics="results/{dataset}/{checkpoint}.metrics.json",
         ranks="results/{dataset}/{checkpoint}.ranks.npy",
     log:
         "logs/evaluate/{dataset}/{checkpoint}.log",

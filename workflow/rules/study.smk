@@ -33,6 +33,7 @@ rule evaluate_seed:
         summary="models/{dataset}/{variant}/seed{seed}/summary.json",
     output:
         results="results/{dataset}/{variant}/seed{seed}.json",
+        metrics="results/{dataset}/{variant}/seed{seed}.metrics.json",
         ranks="results/{dataset}/{variant}/seed{seed}.ranks.npy",
     params:
         noise=STUDY["noise"],
@@ -70,6 +71,7 @@ rule evaluate_grid:
         summary="models/{dataset}/grid/l{lam}-b{beta}/seed{seed}/summary.json",
     output:
         results="results/{dataset}/grid/l{lam}-b{beta}/seed{seed}.json",
+        metrics="results/{dataset}/grid/l{lam}-b{beta}/seed{seed}.metrics.json",
         ranks="results/{dataset}/grid/l{lam}-b{beta}/seed{seed}.ranks.npy",
     log:
         "logs/evaluate/{dataset}/grid/l{lam}-b{beta}/seed{seed}.log",
@@ -83,6 +85,7 @@ rule aggregate_seeds:
         seed_results,
     output:
         json="results/aggregate/{dataset}/{variant}.json",
+        metrics="results/aggregate/{dataset}/{variant}.metrics.json",
         ranks="results/aggregate/{dataset}/{variant}.ranks.npy",
     log:
         "logs/aggregate/{dataset}/{variant}.log",
@@ -96,6 +99,7 @@ rule aggregate_grid:
         grid_seed_results,
     output:
         json="results/aggregate/{dataset}/grid/l{lam}-b{beta}.json",
+        metrics="results/aggregate/{dataset}/grid/l{lam}-b{beta}.metrics.json",
         ranks="results/aggregate/{dataset}/grid/l{lam}-b{beta}.ranks.npy",
     log:
         "logs/aggregate/{dataset}/grid/l{lam}-b{beta}.log",

@@ -29,6 +29,7 @@ rule evaluate:
         summary="models/{dataset}/{variant}/summary.json",
     output:
         results="results/{dataset}/{variant}.json",
+        metrics="results/{dataset}/{variant}.metrics.json",
         ranks="results/{dataset}/{variant}.ranks.npy",
     log:
         "logs/evaluate/{dataset}/{variant}.log",

@@ -15,7 +15,7 @@ from mclrec.errors import MclrecError
 from mclrec.evaluation.metrics import metrics_from_ranks
 from mclrec.evaluation.ranking import rank_all
 from mclrec.evaluation.robustness import insert_noise, length_groups
-from mclrec.io import atomic_path, sha256_file, write_json
+from mclrec.io import atomic_path, sha256_file, write_json, write_metrics
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint
 from mclrec.data.instances import eval_instances
@@ -128,3 +128,4 @@ def write_results(path: Path, record: dict[str, Any], test_ranks: Optional[np.nd
         with atomic_path(path.with_suffix(".ranks.npy")) as tmp, open(tmp, "wb") as fh:
             np.save(fh, test_ranks.astype(np.int64))
     write_json(path, record)
+    write_metrics(path, record)

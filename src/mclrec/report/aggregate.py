@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from mclrec.io import atomic_open, write_json
+from mclrec.io import atomic_open, write_json, write_metrics
 
 Nested = Mapping[str, Mapping[str, float]]
 
@@ -126,6 +126,7 @@ def write_aggregate(seed_results: Sequence[str | os.PathLike], out_path: str | o
         with atomic_open(ranks_path(out_path), "wb") as fh:
             np.save(fh, ranks, allow_pickle=False)
     write_json(out_path, doc)
+    write_metrics(out_path, doc)
     return doc
 
 

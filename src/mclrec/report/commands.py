@@ -203,7 +203,8 @@ def _grid_figure(dataset: str, study: dict, results: Path, path: Path) -> None:
     from mclrec.report import figures
 
     grid = study["grid"]
-    records = [json.loads(p.read_text()) for p in sorted((results / "aggregate" / dataset / "grid").glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted((results / "aggregate" / dataset / "grid").glob("*.json"))
+               if not p.name.endswith(".metrics.json")]
     values = figures.grid_values(records, grid["lambdas"], grid["betas"], "NDCG@20")
     figures.plot_grid(values, grid["lambdas"], grid["betas"], path, "NDCG@20", title=f"{dataset}: NDCG@20")
 
