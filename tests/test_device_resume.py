@@ -62,3 +62,17 @@ def test_training_resumes_from_a_checkpoint_written_on_another_device_type(tiny,
                      for line in (run / "log.jsonl").read_text().splitlines()])
     assert logs[0] == logs[1]
     assert "random streams cannot move between device types" in capfd.readouterr().err
+
+
+def test_visible_gpu_count_reads_the_driver_and_cuda_visible_devices(tmp_path, monkeypatch):
+    from mclrec.device import visible_gpu_count
+
+    assert visible_gpu_count(str(tmp_path / "no-driver")) == 0
+    for i in range(4):
+        (tmp_path / f"0000:0{i}:00.0").mkdir()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpu_count(str(tmp_path)) == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert visible_gpu_count(str(tmp_path)) == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpu_count(str(tmp_path)) == 0

@@ -165,3 +165,25 @@ def test_dvc_stage_params_track_the_dataset_entry(target):
 
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][target]["do"]
     assert all(p.startswith("datasets.${key}.") for p in stage["params"])
+
+
+FORBID_TORCH = """
+import builtins, sys
+real = builtins.__import__
+def guarded(name, *args, **kwargs):
+    if name == "torch" or name.startswith("torch."):
+        raise SystemExit("torch was imported while parsing the Snakefile")
+    return real(name, *args, **kwargs)
+builtins.__import__ = guarded
+from snakemake.cli import main
+sys.argv = ["snakemake", "-n", "--cores", "1", "results/synthetic/mclrec.json"]
+main()
+"""
+
+
+def test_parsing_the_snakefile_does_not_import_torch():
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FORBID_TORCH], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "This was a dry-run" in proc.stdout

@@ -33,6 +33,19 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def visible_gpu_count(driver_dir: str = "/proc/driver/nvidia/gpus") -> int:
+    """NVIDIA GPUs this process may use, without importing torch (the Snakefile calls it while parsing):
+    the driver's GPU list, narrowed by CUDA_VISIBLE_DEVICES when set; 0 without the driver."""
+    try:
+        present = len(os.listdir(driver_dir))
+    except OSError:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return present
+    return min(present, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
+
+
 def enable_determinism() -> None:
     """Deterministic CUDA kernels or a RuntimeError: fixed cuBLAS workspace, torch's deterministic algorithms.
 

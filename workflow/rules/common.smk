@@ -4,7 +4,7 @@ import os
 
 from mclrec.config import load_params, resolve_run
 
-from mclrec.device import cuda_available
+from mclrec.device import visible_gpu_count
 
 # params.yaml read exactly as the CLI reads it: schema-validated (errors name file, line and key), defaults
 # filled in, numbers such as 1e-4 parsed as numbers (YAML 1.2, as DVC reads the file too).
@@ -16,7 +16,7 @@ DATASETS = list(config["datasets"])
 VARIANTS = list(config["variants"])
 CHECKPOINTS = config.get("checkpoints", {})
 STUDY = config["study"]
-CUDA_AVAILABLE = cuda_available()
+CUDA_AVAILABLE = visible_gpu_count() > 0  # no torch import while parsing
 SEEDS = STUDY["seeds"]
 FIGURES = ["joint_vs_meta", "batch_sizes", "groups_trained"]
 DATASET_FIGURES = ["noise", "groups", "grid"]
