@@ -209,6 +209,24 @@ def _grid_figure(dataset: str, study: dict, results: Path, path: Path) -> None:
     figures.plot_grid(values, grid["lambdas"], grid["betas"], path, "NDCG@20", title=f"{dataset}: NDCG@20")
 
 
+@report_app.command()
+def reference(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    variant: str = typer.Argument(..., help="Variant name."),
+    seed: int = typer.Option(0, help="The study seed run to add (results/<d>/<v>/seed<k>.json, models/<d>/<v>/seed<k>/)."),
+    results: Path = ResultsOpt,
+    models: Path = ModelsOpt,
+    out: Path = typer.Option(Path("results/reference"), help="Reference root (committed to git)."),
+) -> None:
+    """Add a finished seed run to the committed reference runs (results JSON, log.jsonl, summary.json, RUNS.md)."""
+    from mclrec.report.reference import add_reference
+
+    with _guard():
+        checkpoint, results_file = seed_run_paths(dataset, variant, seed, results, models)
+        dest = add_reference(dataset, variant, results_file, checkpoint.parent, out)
+        err_console.print(f"{dest} (and {dest.parent / variant}/, {dest.parent / 'RUNS.md'})")
+
+
 def read_log(path: Path) -> list[dict]:
     """The epoch records of a training log (log.jsonl); [] when the file is missing."""
     if not path.is_file():
