@@ -158,6 +158,11 @@ def train(
         False, help="Continue from last.pt when its settings match, else start afresh (used by the workflows)."
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    gpu_slots: int = typer.Option(
+        0, envvar="MCLREC_GPU_SLOTS", min=0,
+        help="Share GPUs: claim one of N slots per visible GPU (the least-loaded GPU) and train only on it; 0 = off. "
+             "Env: MCLREC_GPU_SLOTS.",
+    ),
     deterministic: bool = typer.Option(
         False, envvar="MCLREC_DETERMINISTIC",
         help="Deterministic CUDA kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); slower. "
@@ -170,6 +175,10 @@ def train(
     from mclrec.training.trainer import train as run_training
 
     with user_errors():
+        if gpu_slots:
+            from mclrec.gpu_slots import claim_for_this_process
+
+            _slot = claim_for_this_process(gpu_slots)  # noqa: F841 - the lock is held until this process ends
         if deterministic:
             enable_determinism()
         overrides = config.parse_overrides(set_)

@@ -87,7 +87,7 @@ def all_processed_stats():
 
 
 def gpu_jobs(wildcards):
-    """1 when this machine has a CUDA GPU (the `gpu` resource keeps two trainings off one GPU), else 0."""
+    """A training takes one `gpu_slots` unit on a machine with a GPU (the profile caps how many run at once), else 0."""
     return int(CUDA_AVAILABLE)
 
 

@@ -17,7 +17,7 @@ rule train_seed:
         settings=run_settings,
     threads: 2
     resources:
-        gpu=gpu_jobs,
+        gpu_slots=gpu_jobs,
     log:
         "logs/train/{dataset}/{variant}/seed{seed}.log",
     shell:
@@ -54,7 +54,7 @@ rule train_grid:
         settings=grid_settings,
     threads: 2
     resources:
-        gpu=gpu_jobs,
+        gpu_slots=gpu_jobs,
     log:
         "logs/train/{dataset}/grid/l{lam}-b{beta}/seed{seed}.log",
     shell:

@@ -14,7 +14,7 @@ rule train:
         settings=run_settings,
     threads: 2
     resources:
-        gpu=gpu_jobs,
+        gpu_slots=gpu_jobs,
     log:
         "logs/train/{dataset}/{variant}.log",
     shell:
