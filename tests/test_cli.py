@@ -146,3 +146,22 @@ def test_citation_file_carries_the_package_version():
 
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert cff["version"] == mclrec.__version__ and cff["license"] == "MIT"
+
+
+def test_lock_file_pins_every_declared_dependency():
+    import re
+    import tomllib
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {name(r) for r in project["dependencies"]}
+    declared |= {name(r) for extra in project["optional-dependencies"].values() for r in extra if not r.startswith("mclrec")}
+    pinned = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            package, _, version = line.partition("==")
+            pinned[package.lower().replace("_", "-")] = version
+    assert declared <= set(pinned), sorted(declared - set(pinned))
+    assert all(pinned.values())  # exact versions only
