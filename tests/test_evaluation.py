@@ -94,18 +94,18 @@ def test_recbole_checkpoint_gives_the_same_numbers(trained, tiny_dir, tmp_path):
     torch.save({"state_dict": to_recbole_state_dict(encoder), "config": {"model": "SASRec"}}, tmp_path / "rb.pth")
     ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
     assert _evaluate("--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir), "--output", str(ours)).exit_code == 0
-    res = _evaluate("--checkpoint", str(tmp_path / "rb.pth"), "--checkpoint-format", "recbole",
+    res = _evaluate("--checkpoint", str(tmp_path / "rb.pth"), "--checkpoint-format", "recbole", "--n-heads", "2",
                     "--data-dir", str(tiny_dir), "--output", str(theirs))
     assert res.exit_code == 0, res.output
     assert json.loads(ours.read_text())["metrics"] == json.loads(theirs.read_text())["metrics"]
 
 
-def test_recbole_checkpoint_with_missing_keys_is_refused(trained, tiny_dir, tmp_path):
-    encoder = SASRecEncoder(10, 20)
+def test_recbole_checkpoint_with_missing_keys_is_refused(trained, tiny, tiny_dir, tmp_path):
+    encoder = SASRecEncoder(tiny.n_items, 20)
     state = to_recbole_state_dict(encoder)
     del state["trm_encoder.layer.1.feed_forward.dense_2.weight"]
     torch.save({"state_dict": state}, tmp_path / "rb.pth")
-    res = _evaluate("--checkpoint", str(tmp_path / "rb.pth"), "--checkpoint-format", "recbole",
+    res = _evaluate("--checkpoint", str(tmp_path / "rb.pth"), "--checkpoint-format", "recbole", "--n-heads", "2",
                     "--data-dir", str(tiny_dir), "--output", str(tmp_path / "x.json"))
     assert res.exit_code == 1
     assert "trm_encoder.layer.1.feed_forward.dense_2.weight" in res.output

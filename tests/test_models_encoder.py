@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,14 +214,37 @@ def test_checkpoint_file_loads(tmp_path):
 class OpaqueConfig:
     """Stands in for RecBole's pickled Config object."""
 
+    def __init__(self):
+        self.final_config_dict = {"n_heads": N_HEADS, "hidden_size": HIDDEN}
 
-def test_checkpoint_with_objects_needs_trust(tmp_path):
+
+class Exploit:
+    """Unpickling it would run a shell command if the loader executed pickled code."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/mclrec-pwned",))
+
+
+def test_checkpoint_with_objects_loads_them_as_inert_placeholders(tmp_path):
+    from mclrec.models.recbole import read_recbole_checkpoint
+
     encoder = make_encoder()
     path = tmp_path / "model.pth"
     torch.save({"state_dict": to_recbole_state_dict(encoder), "config": OpaqueConfig()}, path)
-    with pytest.raises(MclrecError, match="trust=True"):
-        load_recbole_checkpoint(path)
-    assert set(load_recbole_checkpoint(path, trust=True)) == set(encoder.state_dict())
+    state, settings = read_recbole_checkpoint(path)
+    assert set(state) == set(encoder.state_dict()) and settings == {"n_heads": N_HEADS, "hidden_size": HIDDEN}
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    from mclrec.models.recbole import read_recbole_checkpoint
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": to_recbole_state_dict(make_encoder()), "config": Exploit()}, path)
+    with pytest.raises(MclrecError, match=r"refers to (posix|os|nt)\.system, which is not loaded"):
+        read_recbole_checkpoint(path)
+    assert not Path("/tmp/mclrec-pwned").exists()
 
 
 def test_missing_key_is_named(tmp_path):

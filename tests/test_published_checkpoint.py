@@ -42,7 +42,7 @@ def published(tiny, tiny_dir, params, tmp_path_factory):
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
     doc["datasets"]["synthetic"]["preprocess"]["max_len"] = 20
     doc["datasets"]["other"] = dict(doc["datasets"]["synthetic"])
-    doc["checkpoints"] = {"tiny-ckpt": {"dataset": "synthetic", "format": "recbole", "url": served.as_uri(),
+    doc["checkpoints"] = {"tiny-ckpt": {"dataset": "synthetic", "format": "recbole", "n_heads": 2, "url": served.as_uri(),
                                         "sha256": sha256_file(served), "filename": "tiny.pth"}}
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return {"project": project, "served": served, "data": tiny_dir, "run": root / "run"}

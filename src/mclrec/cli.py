@@ -207,6 +207,8 @@ def evaluate(
     published: Optional[str] = typer.Option(
         None, help="A published checkpoint declared in params.yaml (checkpoints.<name>), after `mclrec download NAME`."
     ),
+    n_heads: Optional[int] = typer.Option(None, "--n-heads", min=1,
+                                          help="Attention heads of a RecBole file without a pickled config."),
     params: Path = ParamsOpt,
     output: Optional[Path] = typer.Option(None, help="Results JSON (default results/<dataset>/<variant>.json)."),
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
@@ -227,6 +229,7 @@ def evaluate(
             if checkpoint is not None or variant is not None:
                 raise MclrecError("--published names the checkpoint: give it without --variant or --checkpoint")
             checkpoint, checkpoint_format = _published_checkpoint(params_dict, published, dataset)
+            n_heads = n_heads or params_dict["checkpoints"][published].get("n_heads")
             variant = published
         if checkpoint is None and variant is None:
             raise MclrecError("give --variant (to use models/<dataset>/<variant>/best.pt), --checkpoint FILE or --published NAME")
@@ -237,7 +240,7 @@ def evaluate(
         ks = tuple(params_dict["train"]["eval_ks"])
         checkpoint_format = CheckpointFormat(checkpoint_format).value
         record, ranks = evaluate_run(dataset, data, ckpt, checkpoint_format, device, batch_size, ks, tuple(noise),
-                                     groups, seed, variant)
+                                     groups, seed, variant, n_heads)
         if published is not None:
             record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
         dest = output or paths.result_file(dataset, variant)
@@ -268,6 +271,8 @@ def recommend(
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file instead of the variant's best.pt."),
     checkpoint_format: CheckpointFormat = typer.Option(CheckpointFormat.mclrec, help="mclrec or recbole."),
     published: Optional[str] = typer.Option(None, help="A published checkpoint declared in params.yaml."),
+    n_heads: Optional[int] = typer.Option(None, "--n-heads", min=1,
+                                          help="Attention heads of a RecBole file without a pickled config."),
     user: list[str] = typer.Option([], "--user", "-u", help="A user's original id (repeatable)."),
     users_file: Optional[Path] = typer.Option(None, help="A file of original user ids, one per line."),
     all_users: bool = typer.Option(False, "--all-users", help="Every user of the dataset."),
@@ -302,6 +307,7 @@ def recommend(
         fmt = CheckpointFormat(checkpoint_format).value
         if published is not None:
             checkpoint, fmt = _published_checkpoint(params_dict, published, dataset)
+            n_heads = n_heads or params_dict["checkpoints"][published].get("n_heads")
         elif checkpoint is None:
             if variant is None:
                 raise MclrecError("give --variant, --checkpoint FILE or --published NAME")
@@ -309,7 +315,7 @@ def recommend(
         folder = data_dir or paths.processed_dir(dataset)
         data, catalogue = load_processed(folder), Catalogue.load(folder)
         dev = resolve_device(device)
-        encoder, meta = load_encoder(checkpoint, fmt, data, dev)
+        encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads)
         buckets = meta["config"].get("length_buckets") or DEFAULT_BUCKETS
         if items is not None:
             frame = recommend_sequence(encoder, data, catalogue, [x.strip() for x in items.split(",") if x.strip()],

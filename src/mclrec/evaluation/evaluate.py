@@ -17,7 +17,7 @@ from mclrec.evaluation.ranking import rank_all
 from mclrec.evaluation.robustness import insert_noise, length_groups
 from mclrec.io import atomic_path, sha256_file, write_json, write_metrics
 from mclrec.models.encoder import SASRecEncoder
-from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint
+from mclrec.models.recbole import encoder_from_recbole_file
 from mclrec.data.instances import eval_instances
 from mclrec.checkpoint import load_checkpoint
 from mclrec.device import resolve_device
@@ -25,10 +25,14 @@ from mclrec.models.parts import build_parts
 from mclrec.paths import RUN_SUMMARY
 
 
-def load_encoder(path: Path, fmt: str, data: ProcessedData, device: torch.device) -> tuple[SASRecEncoder, dict[str, Any]]:
-    """The encoder stored in a checkpoint, checked against the dataset's item count, and the checkpoint's metadata."""
+def load_encoder(path: Path, fmt: str, data: ProcessedData, device: torch.device,
+                 n_heads: Optional[int] = None) -> tuple[SASRecEncoder, dict[str, Any]]:
+    """The encoder stored in a checkpoint, checked against the dataset's item count, and the checkpoint's metadata.
+
+    `n_heads`: the attention heads of a RecBole file that carries no config (its weights do not show them).
+    """
     if fmt == "recbole":
-        encoder = encoder_from_recbole(load_recbole_checkpoint(path))
+        encoder = encoder_from_recbole_file(path, data.n_items, n_heads)
         meta: dict[str, Any] = {"config": {"model": "sasrec-family (recbole checkpoint)"}}
     elif fmt == "mclrec":
         meta = load_checkpoint(path)
@@ -54,11 +58,12 @@ def evaluate_checkpoint(
     noise: tuple[float, ...] = (),
     groups: bool = False,
     seed: int = 0,
+    n_heads: Optional[int] = None,
 ) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
     """Full-ranking metrics on valid and test (plus noise and length-group results), the per-user test ranks and
     the checkpoint's metadata (its config, state)."""
     dev = resolve_device(device)
-    encoder, meta = load_encoder(checkpoint, fmt, data, dev)
+    encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads)
     buckets = meta["config"].get("length_buckets", [])  # the run's own exact speed-up; none for RecBole files
     valid, test = eval_instances(data, "valid", dev), eval_instances(data, "test", dev)
     test_ranks = rank_all(encoder, test, batch_size, buckets)
@@ -83,12 +88,13 @@ def evaluate_checkpoint(
 
 def evaluate_run(dataset: str, data: ProcessedData, checkpoint: Path, fmt: str = "mclrec", device: str = "auto",
                  batch_size: int = 2048, ks: tuple[int, ...] = (5, 10, 20, 50), noise: tuple[float, ...] = (),
-                 groups: bool = False, seed: int = 0, variant: Optional[str] = None) -> tuple[dict[str, Any], np.ndarray]:
+                 groups: bool = False, seed: int = 0, variant: Optional[str] = None,
+                 n_heads: Optional[int] = None) -> tuple[dict[str, Any], np.ndarray]:
     """What `mclrec evaluate` writes for one checkpoint: the results document and the per-user test ranks.
 
     `variant` names the run when the checkpoint does not (a RecBole file or a published checkpoint).
     """
-    result, ranks, meta = evaluate_checkpoint(data, checkpoint, fmt, device, batch_size, ks, noise, groups, seed)
+    result, ranks, meta = evaluate_checkpoint(data, checkpoint, fmt, device, batch_size, ks, noise, groups, seed, n_heads)
     record = results_record(dataset, result, meta, checkpoint, fmt, data)
     if record["variant"] is None:
         record["variant"] = variant

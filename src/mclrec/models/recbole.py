@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
+import collections
 import os
 import pickle
 import re
+import types
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,31 +25,117 @@ def encoder_keys(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES)}
 
 
-def load_recbole_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Tensor]:
-    """Read a RecBole checkpoint ({"state_dict": ..., ...}) and return its encoder weights.
+class Placeholder:
+    """Stands in for any class a checkpoint pickles that is not a tensor or a plain container (RecBole's Config,
+    its enums, numpy scalars): it records what it was given and never runs code from the file."""
 
-    Loads with weights_only=True; only with `trust=True` does it unpickle arbitrary objects (RecBole stores its
-    Config object in the file), which can run code from the file, so pass it only for files you trust.
-    """
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.state = state
+
+
+_SAFE_BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "slice", "complex", "int", "float", "bool", "str",
+                  "bytes", "bytearray", "range"}
+
+
+def _reconstruct(cls: type, base: type, state: Any) -> Any:
+    """copyreg._reconstructor for placeholders only (how plain objects such as RecBole's Config are pickled)."""
+    if not (isinstance(cls, type) and issubclass(cls, Placeholder)):
+        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}")
+    return cls.__new__(cls)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """torch's weights-only globals, harmless builtins and OrderedDict; every other class becomes a Placeholder."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = _get_allowed_globals()
+        if f"{module}.{name}" in allowed:
+            return allowed[f"{module}.{name}"]
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return getattr(builtins, name)
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if (module, name) == ("copyreg", "_reconstructor"):
+            return _reconstruct
+        if module.startswith("torch") or module in ("builtins", "os", "sys", "subprocess", "posix", "nt", "shutil"):
+            raise pickle.UnpicklingError(f"the checkpoint refers to {module}.{name}, which is not loaded")
+        return type(name, (Placeholder,), {"__module__": module, "__qualname__": name})
+
+
+_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load, __name__="restricted")
+
+
+def read_recbole_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A RecBole checkpoint's encoder weights and its settings (RecBole 1.x pickles its Config object; files without
+    one give {}), read without importing RecBole and without running code from the file: every pickled class other
+    than tensors and plain containers becomes an inert Placeholder."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except FileNotFoundError as err:
         raise MclrecError(f"checkpoint not found: {path}") from err
-    except pickle.UnpicklingError as err:
-        raise MclrecError(
-            f"{path}: the checkpoint pickles objects other than tensors and plain containers (RecBole saves its "
-            f"Config object), so it was not loaded in safe weights-only mode. Loading it runs code from the file; "
-            f"if you trust its source, retry with trust=True.\nDetail: {str(err).splitlines()[0]}"
-        ) from err
-    except (RuntimeError, EOFError) as err:
-        raise MclrecError(f"{path}: not a readable torch checkpoint ({err})") from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as err:
+        raise MclrecError(f"{path}: not a readable RecBole checkpoint ({str(err).splitlines()[0]})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise MclrecError(f"{path}: expected a RecBole checkpoint dict with a 'state_dict' key, found {found}")
-    return encoder_keys(checkpoint["state_dict"])
+    return encoder_keys(checkpoint["state_dict"]), _settings(checkpoint.get("config"))
 
 
-def encoder_from_recbole(state_dict: dict[str, Tensor], max_len: int | None = None, **encoder_kwargs) -> SASRecEncoder:
+def _settings(config: Any) -> dict[str, Any]:
+    """The settings a RecBole Config carried (its final_config_dict), a plain dict as it is, {} otherwise."""
+    if isinstance(config, dict):
+        return config
+    final = getattr(config, "final_config_dict", None)
+    return dict(final) if isinstance(final, dict) else {}
+
+
+def load_recbole_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Tensor]:
+    """The encoder weights of a RecBole checkpoint (see read_recbole_checkpoint; `trust` is no longer needed)."""
+    return read_recbole_checkpoint(path)[0]
+
+
+RECBOLE_SETTINGS = {"n_layers": "n_layers", "n_heads": "n_heads", "hidden_size": "hidden_size",
+                    "inner_size": "inner_size", "MAX_ITEM_LIST_LENGTH": "max_len", "layer_norm_eps": "layer_norm_eps"}
+
+
+def encoder_from_recbole_file(path: str | os.PathLike, n_items: int, n_heads: int | None = None) -> SASRecEncoder:
+    """The SASRecEncoder of a RecBole checkpoint for a dataset of `n_items` items.
+
+    Sizes come from the weights' shapes and are checked against the pickled config when there is one; `n_heads`
+    (not visible in the shapes) comes from the config, else from the `n_heads` argument, else it is an error.
+    Both embedding layouts load: RecBole's SASRec (n_items + 1 rows) and the MCLRec fork (n_items + 2).
+    """
+    state_dict, settings = read_recbole_checkpoint(path)
+    if settings.get("hidden_act", "gelu") != "gelu":
+        raise MclrecError(f"{path}: hidden_act is {settings['hidden_act']!r}; only gelu (SASRec's) is supported")
+    heads = settings.get("n_heads")
+    if heads is not None and n_heads is not None and heads != n_heads:
+        raise MclrecError(f"{path}: the checkpoint's config says n_heads={heads}, --n-heads says {n_heads}")
+    heads = heads if heads is not None else n_heads
+    if heads is None:
+        raise MclrecError(f"{path}: the checkpoint carries no config, so its number of attention heads is unknown "
+                          "(the weights' shapes do not show it); pass --n-heads (the published MCLRec uses 2)")
+    encoder = encoder_from_recbole(state_dict, n_items=n_items, n_heads=heads,
+                                   layer_norm_eps=float(settings.get("layer_norm_eps", 1e-12)))
+    built = {"n_layers": len(encoder.trm_encoder.layer), "n_heads": heads, "hidden_size": encoder.LayerNorm.normalized_shape[0],
+             "inner_size": encoder.trm_encoder.layer[0].feed_forward.dense_1.out_features, "max_len": encoder.max_len,
+             "layer_norm_eps": encoder.LayerNorm.eps}
+    for key, ours in RECBOLE_SETTINGS.items():
+        if key in settings and settings[key] != built[ours]:
+            raise MclrecError(f"{path}: the config says {key}={settings[key]} but the weights give {built[ours]}")
+    return encoder
+
+
+def encoder_from_recbole(state_dict: dict[str, Tensor], max_len: int | None = None, n_items: int | None = None,
+                         **encoder_kwargs) -> SASRecEncoder:
     """Build a SASRecEncoder whose sizes are inferred from the RecBole weights' shapes, and load them.
 
     n_items = item_embedding rows - 2, hidden_size = its columns, max_len = position_embedding rows,
@@ -65,7 +155,15 @@ def encoder_from_recbole(state_dict: dict[str, Tensor], max_len: int | None = No
     dense_1 = state_dict.get("trm_encoder.layer.0.feed_forward.dense_1.weight")
     if dense_1 is not None:
         encoder_kwargs.setdefault("inner_size", dense_1.shape[0])
-    encoder = SASRecEncoder(n_items=n_rows - 2, max_len=n_positions, hidden_size=hidden_size, n_layers=n_layers,
+    if n_items is None:
+        n_items = n_rows - 2  # the MCLRec fork's layout: padding, items, a spare (mask) row
+    if n_rows == n_items + 1:  # RecBole's SASRec: padding and items; our spare mask row is added, zero, never ranked
+        state_dict = {**state_dict, "item_embedding.weight": torch.cat(
+            [state_dict["item_embedding.weight"], state_dict["item_embedding.weight"].new_zeros(1, hidden_size)])}
+    elif n_rows != n_items + 2:
+        raise MclrecError(f"item_embedding.weight has {n_rows} rows, which fits neither {n_items} + 1 (RecBole's "
+                          f"SASRec) nor {n_items} + 2 (the MCLRec fork) items: a checkpoint from another dataset?")
+    encoder = SASRecEncoder(n_items=n_items, max_len=n_positions, hidden_size=hidden_size, n_layers=n_layers,
                             **encoder_kwargs)
     check_state_dict(encoder, state_dict)
     encoder.load_state_dict(state_dict)
