@@ -338,6 +338,28 @@ def recommend(
             err_console.print(f"{output}: {frame['user'].nunique()} users x top {k}")
 
 
+export_app = typer.Typer(help="Export a processed split to other tools.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("recbole")
+def export_recbole_cmd(
+    dataset: str = typer.Argument(..., help="Dataset name from params.yaml (processed first)."),
+    params: Path = ParamsOpt,
+    data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
+    out: Path = typer.Option(Path("export/recbole"), help="Folder for <dataset>/<dataset>.{train,valid,test}.inter."),
+) -> None:
+    """Write the split as RecBole benchmark files (benchmark_filename), an item-id map and a RecBole config."""
+    from mclrec.data.processed import load_processed
+    from mclrec.export import export_recbole
+
+    with user_errors():
+        config.dataset_spec(config.load_params(params), dataset)
+        folder = data_dir or paths.processed_dir(dataset)
+        for path in export_recbole(load_processed(folder), folder, dataset, out):
+            err_console.print(str(path))
+
+
 @app.command("show-config")
 def show_config(
     dataset: str = typer.Argument(..., help="Dataset name."),
