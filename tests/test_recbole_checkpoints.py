@@ -13,10 +13,14 @@ RECBOLE_121 = FIXTURES / "sasrec-recbole-1.2.1.pth"  # how it was made: fixtures
 
 
 def test_recbole_121_file_reads_its_pickled_config_without_recbole():
+    import subprocess
     import sys
 
+    check = ("import sys; from mclrec.models.recbole import read_recbole_checkpoint; "
+             f"read_recbole_checkpoint({str(RECBOLE_121)!r}); assert not [m for m in sys.modules if 'recbole' in m "
+             "and not m.startswith('mclrec')], 'recbole was imported'")
+    subprocess.run([sys.executable, "-c", check], check=True)  # a fresh interpreter: nothing of RecBole is imported
     state, settings = read_recbole_checkpoint(RECBOLE_121)
-    assert "recbole" not in sys.modules  # nothing of RecBole was imported
     assert (settings["model"], settings["n_heads"], settings["MAX_ITEM_LIST_LENGTH"]) == ("SASRec", 4, 10)
     assert state["item_embedding.weight"].shape == (41, 16)  # RecBole's layout: padding + 40 items
 

@@ -42,12 +42,15 @@ def runs_rows(folder: Path) -> list[dict[str, Any]]:
         record = json.loads(path.read_text())
         summary_path = folder / path.stem / RUN_SUMMARY
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        env = summary.get("environment") or record.get("environment", {}).get("training") or {}
+        # runs trained before the summary recorded its environment: the evaluation's (same machine), and the
+        # training threads from the run's settings
+        env = summary.get("environment") or record.get("environment", {}).get("training") or record.get("environment", {})
+        threads = (summary.get("environment") or {}).get("threads") or record.get("config", {}).get("num_threads")
         test = record.get("metrics", {}).get("test", {})
         rows.append({
             "variant": record.get("variant"), "seed": record.get("seed"), "epochs": summary.get("epochs_run"),
             "best": summary.get("best_epoch"), "stopped": summary.get("stopped", ""),
-            "hours": (summary.get("train_seconds") or 0) / 3600, "cpu": env.get("cpu"), "threads": env.get("threads"),
+            "hours": (summary.get("train_seconds") or 0) / 3600, "cpu": env.get("cpu"), "threads": threads or env.get("threads"),
             "torch": env.get("torch"), "commit": ((env.get("git") or {}).get("commit") or "")[:10],
             "HR@20": test.get("HR@20"), "NDCG@20": test.get("NDCG@20"),
         })
