@@ -124,7 +124,7 @@ def recommend_users(encoder: SASRecEncoder, data: ProcessedData, catalogue: Cata
 def recommend_sequence(encoder: SASRecEncoder, data: ProcessedData, catalogue: Catalogue, originals: Iterable[str],
                        k: int, device: torch.device, exclude_seen: bool = False) -> pd.DataFrame:
     """Top-k after an ad-hoc sequence of original item ids (oldest first)."""
-    originals = [x for x in originals]
+    originals = list(originals)
     if not originals:
         raise MclrecError("the item sequence is empty: give at least one item id")
     ids = catalogue.item_ids(originals)

@@ -53,12 +53,15 @@ def _reconstruct(cls: type, base: type, state: Any) -> Any:
 class _RestrictedUnpickler(pickle.Unpickler):
     """torch's weights-only globals, harmless builtins and OrderedDict; every other class becomes a Placeholder."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def __init__(self, *args: Any, **kwargs: Any):
         from torch._weights_only_unpickler import _get_allowed_globals
 
-        allowed = _get_allowed_globals()
-        if f"{module}.{name}" in allowed:
-            return allowed[f"{module}.{name}"]
+        super().__init__(*args, **kwargs)
+        self._allowed = _get_allowed_globals()  # built once per file, not once per pickled class
+
+    def find_class(self, module: str, name: str) -> Any:
+        if f"{module}.{name}" in self._allowed:
+            return self._allowed[f"{module}.{name}"]
         if module == "builtins" and name in _SAFE_BUILTINS:
             return getattr(builtins, name)
         if (module, name) == ("collections", "OrderedDict"):
