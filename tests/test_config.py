@@ -131,10 +131,10 @@ def test_run_config_has_exactly_the_schema_settings(params):
     import dataclasses
 
     from mclrec.config import load_schema, run_config
-    from mclrec.run_config import IDENTITY, RunConfig
+    from mclrec.run_config import FROM_EVALUATE, IDENTITY, RunConfig
 
     settings = set(load_schema()["$defs"]["settings"]["properties"])
-    assert {f.name for f in dataclasses.fields(RunConfig)} == settings | set(IDENTITY)
+    assert {f.name for f in dataclasses.fields(RunConfig)} == settings | set(IDENTITY) | set(FROM_EVALUATE)
     cfg = run_config(params, "beauty", "mclrec")
     assert (cfg.lambda_cl1, cfg.beta, cfg.model) == (0.0, 0.05, "mclrec")  # Beauty's per-dataset weights
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -1,5 +1,9 @@
-"""DVC as a user drives it in a git repo: repro one run, an experiment with a changed parameter, metrics, plots."""
+"""DVC as a user drives it in a git repo: repro one run, an experiment with a changed parameter, metrics, plots,
+push from one clone and pull into another; both tools re-run what an edit of code or of an evaluation setting
+touches, and nothing else."""
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -7,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_end_to_end import ROOT, _project_copy, _run
+from .test_end_to_end import ROOT, _project_copy, _run, write_params
 
 STAGE = "evaluate@synthetic-sasrec"
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "mclrec-test", "GIT_AUTHOR_EMAIL": "test@example.org",
@@ -25,7 +29,7 @@ def _git_project(tmp_path: Path) -> Path:
     params["study"]["length_groups"] = []  # the sports/yelp groups are removed with their parents
     params["train"]["num_threads"] = 1
     params["study"].update(seeds=[0], datasets=["synthetic"], grid={"lambdas": [0.1], "betas": [0.05]})
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(work, params)
     shutil.copy(ROOT / ".gitignore", work / ".gitignore")
     _run(["git", "init", "-q"], work)
     _run(["dvc", "init", "-q"], work)
@@ -65,20 +69,59 @@ def test_repro_then_experiment_with_a_changed_parameter(tmp_path):
     assert "curves.json" in (work / "dvc_plots" / "index.html").read_text()
 
 
-def test_snakemake_seed_run_adopted_by_dvc_survives_push_and_pull(tmp_path):
+def test_push_from_one_clone_then_pull_into_another_evaluates_without_retraining(tmp_path):
     work = _git_project(tmp_path)
-    stage, target = "evaluate_seed@synthetic-sasrec-0", "results/synthetic/sasrec/seed0.json"
-    _run(["snakemake", "--cores", "2", target], work)
-    _run(["dvc", "commit", "-f", "--with-deps", stage], work)  # adopts the outputs (copies them from the cache)
-    best = work / "models/synthetic/sasrec/seed0/best.pt"
-    stamp = best.stat().st_mtime_ns
-    repro = _run(["dvc", "repro", stage], work)
-    assert "Running stage" not in repro.stdout and best.stat().st_mtime_ns == stamp
-    assert json.loads((work / target).read_text())["noise"]
-    _run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "store")], work)
+    store = tmp_path / "store"  # the remote: a folder outside both clones
+    _run(["dvc", "remote", "add", "-d", "store", "/nonexistent/replace-me"], work)
+    _run(["dvc", "remote", "modify", "--local", "store", "url", str(store)], work)  # per-clone, not committed
+    _run(["dvc", "repro", STAGE], work)
+    _commit(work, "results")
     _run(["dvc", "push"], work)
-    for folder in ("data", "models", "results", ".dvc/cache"):
-        shutil.rmtree(work / folder)
-    _run(["dvc", "pull", "--with-deps", stage], work)
-    assert "up to date" in _run(["dvc", "status", "--with-deps", stage], work).stdout.lower()
-    assert (work / "models/synthetic/sasrec/seed0/log.jsonl").is_file() and (work / target).is_file()
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
+    assert not (clone / "models").exists()
+    _run(["dvc", "remote", "modify", "--local", "store", "url", str(store)], clone)
+    # --allow-missing: the stages nobody ran in clone A (the rest of the study) have nothing to pull
+    _run(["dvc", "pull", "--allow-missing"], clone)
+    assert _dvc_plan(clone, STAGE) == set()  # the run and everything it needs: up to date, nothing to rerun
+    best = clone / "models/synthetic/sasrec/seed0/best.pt"
+    assert best.is_file() and (clone / "data/processed/synthetic/train.parquet").is_file()
+    _run(["mclrec", "evaluate", "-d", "synthetic", "-m", "sasrec", "--output", "again.json"], clone)
+    again = json.loads((clone / "again.json").read_text())
+    assert again["metrics"] == json.loads((work / "results/synthetic/sasrec.json").read_text())["metrics"]
+    assert _dvc_plan(clone, STAGE) == set()
+
+
+def _snakemake_plan(work: Path, target: str) -> set[str]:
+    """The rules `snakemake --summary` (its TSV) plans to run for `target`."""
+    out = _run(["snakemake", "--summary", "--cores", "1", target], work).stdout
+    rows = csv.DictReader(io.StringIO(out[out.index("output_file"):]), delimiter="\t")
+    return {row["rule"] for row in rows if row["plan"] != "no update"}
+
+
+def _dvc_plan(work: Path, stage: str) -> set[str]:
+    """The stage kinds (train, evaluate, ...) `dvc status --json` reports as changed, for `stage` and its deps."""
+    return {name.split("@")[0] for name in json.loads(_run(["dvc", "status", "--json", "--with-deps", stage],
+                                                           work).stdout)}
+
+
+def test_code_edit_retrains_and_evaluation_setting_edit_only_reevaluates(tmp_path):
+    work = _git_project(tmp_path)
+    target = "results/synthetic/sasrec.json"
+    _run(["snakemake", "--cores", "2", target], work)
+    _run(["dvc", "commit", "-f", "--with-deps", STAGE], work)  # DVC adopts what Snakemake built
+    assert _snakemake_plan(work, target) == set() and _dvc_plan(work, STAGE) == set()
+    _commit(work, "built")
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["evaluate"]["ks"] = [10, 20]
+    write_params(work, params)
+    assert _snakemake_plan(work, target) == {"evaluate"}
+    assert _dvc_plan(work, STAGE) == {"evaluate"}
+    _run(["git", "checkout", "--", "params.yaml", "dvc.yaml"], work)
+    assert _snakemake_plan(work, target) == set() and _dvc_plan(work, STAGE) == set()
+
+    losses = work / "src/mclrec/models/losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit of a loss\n")
+    assert "train" in _snakemake_plan(work, target)
+    assert "train" in _dvc_plan(work, STAGE)

@@ -23,16 +23,24 @@ def _project_copy(tmp_path: Path) -> Path:
     """The workflow files and a params.yaml shrunk to CI size (small synthetic data, one epoch)."""
     work = tmp_path / "project"
     work.mkdir()
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(ROOT / name, work / name)
+    shutil.copy(ROOT / "Snakefile", work / "Snakefile")
+    shutil.copy(ROOT / ".dvcignore", work / ".dvcignore")
     shutil.copytree(ROOT / "workflow", work / "workflow")
+    # the package source the stages depend on (code-aware re-runs); the tests run the installed package
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"]["synthetic"]["source"]["generator"].update(n_users=300, n_items=120, n_clusters=6)
     for model in ("sasrec", "cl4srec", "duorec", "mclrec"):
         params["datasets"]["synthetic"].setdefault("overrides", {}).setdefault(model, {}).update(
             max_epochs=1, batch_size=128, device="cpu")
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(work, params)
     return work
+
+
+def write_params(work: Path, params: dict) -> None:
+    """Write params.yaml and, as a user does after editing it, dvc.yaml (`mclrec workflow dvc`)."""
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["mclrec", "workflow", "dvc"], work)
 
 
 def _run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -45,11 +53,11 @@ def test_snakemake_main_job_on_synthetic(tmp_path):
     work = _project_copy(tmp_path)
     _run(["snakemake", "--cores", "2", "results/synthetic/mclrec.json"], work)
     result = json.loads((work / "results/synthetic/mclrec.json").read_text())
-    assert (result["dataset"], result["variant"], result["model"], result["seed"]) == ("synthetic", "mclrec", "mclrec", 2023)
+    assert (result["dataset"], result["variant"], result["model"], result["seed"]) == ("synthetic", "mclrec", "mclrec", 0)
     for split in ("valid", "test"):
         assert set(result["metrics"][split]) == {f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in (5, 10, 20, 50)}
     assert result["best_epoch"] == 1 and result["train_seconds"] > 0
-    assert result["config"]["max_epochs"] == 1 and result["checkpoint"] == "models/synthetic/mclrec/best.pt"
+    assert result["config"]["max_epochs"] == 1 and result["checkpoint"] == "models/synthetic/mclrec/seed0/best.pt"
     data = load_processed(work / "data/processed/synthetic")
     assert result["data"]["n_users"] == data.n_users
     ranks = np.load(work / "results/synthetic/mclrec.ranks.npy")  # the test metrics are these ranks' metrics
@@ -84,7 +92,7 @@ def test_download_without_mirror_or_network_says_where_to_put_the_file(tmp_path)
     work = _project_copy(tmp_path)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["datasets"]["beauty"]["source"]["url"] = "http://127.0.0.1:9/Amazon_Beauty.txt"
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(work, params)
     env = {k: v for k, v in os.environ.items() if k != "MCLREC_MIRROR"}
     proc = subprocess.run(["mclrec", "download", "beauty"], cwd=work, capture_output=True, text=True, env=env)
     assert proc.returncode == 1
@@ -97,7 +105,7 @@ def test_snakemake_then_dvc_never_retrains(tmp_path):
     _run(["dvc", "init", "--no-scm", "-q"], work)
     target, stage = "results/synthetic/sasrec.json", "evaluate@synthetic-sasrec"
     _run(["snakemake", "--cores", "2", target], work)
-    best = work / "models/synthetic/sasrec/best.pt"
+    best = work / "models/synthetic/sasrec/seed0/best.pt"
     _run(["dvc", "commit", "-f", "--with-deps", stage], work)  # adopts the outputs (links them from the cache)
     stamp = best.stat().st_mtime_ns
     assert "up to date" in _run(["dvc", "status", "--with-deps", stage], work).stdout.lower()

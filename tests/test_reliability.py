@@ -246,8 +246,7 @@ def test_deterministic_flag_trains_the_same_on_cpu(tiny_dir, params_file, tmp_pa
     try:
         res = runner.invoke(app, ["train", "-d", "synthetic", "-m", "sasrec", "--params", str(params_file),
                                   "--data-dir", str(tiny_dir), "--out", str(tmp_path), "--device", "cpu",
-                                  "--max-epochs", "1", "--set", "batch_size=128", "--set", "eval_batch_size=256",
-                                  "--set", "num_threads=1", "--no-progress", "--deterministic"])
+                                  "--max-epochs", "1", "--set", "batch_size=128", "--threads", "1", "--no-progress", "--deterministic"])
         assert res.exit_code == 0, res.output
         assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
@@ -294,14 +293,15 @@ def _reference(work: Path, variant: str, out: Path) -> tuple[dict, Path]:
     cfg = config.resolve_run(config.load_params(work / "params.yaml"), "synthetic", variant)
     data = load_processed(work / "data/processed/synthetic")
     train(cfg, data, out, progress=False)
-    result, _, _ = evaluate_checkpoint(data, out / "best.pt", "mclrec", "auto", 2048, tuple(cfg["eval_ks"]))
+    ks = tuple(config.load_params(work / "params.yaml")["evaluate"]["ks"])
+    result, _, _ = evaluate_checkpoint(data, out / "best.pt", "mclrec", "auto", 2048, ks)
     return result["metrics"], out
 
 
 @pytest.mark.slow
 def test_snakemake_killed_mid_training_then_rerun_gives_the_uninterrupted_result(prepared, tmp_path):
     work = shutil.copytree(prepared, tmp_path / "project")
-    run_dir, target = work / "models/synthetic/sasrec", "results/synthetic/sasrec.json"
+    run_dir, target = work / "models/synthetic/sasrec/seed0", "results/synthetic/sasrec.json"
     proc = _start_snakemake(work, target)
     _wait_for(proc, (run_dir / "last.pt").exists)
     os.killpg(proc.pid, signal.SIGKILL)  # pre-emption: Snakemake and the training die at once
@@ -332,7 +332,7 @@ def test_snakemake_parallel_trainings_stay_apart_and_a_second_invocation_is_lock
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     targets = ["results/synthetic/sasrec.json", "results/synthetic/sasrec-bpr.json"]
     proc = _start_snakemake(work, *targets, "--set-threads", "train=1")
-    _wait_for(proc, lambda: any((work / "models/synthetic" / Path(t).stem).is_dir() for t in targets))  # lock held
+    _wait_for(proc, lambda: any((work / "models/synthetic" / Path(t).stem / "seed0").is_dir() for t in targets))
     second = _snakemake(work, targets[0])
     output, _ = proc.communicate(timeout=300)
     assert second.returncode != 0 and "LockException" in second.stdout + second.stderr
@@ -342,9 +342,9 @@ def test_snakemake_parallel_trainings_stay_apart_and_a_second_invocation_is_lock
     for target in targets:
         variant = Path(target).stem
         result = json.loads((work / target).read_text())
-        assert (result["variant"], result["checkpoint"]) == (variant, f"models/synthetic/{variant}/best.pt")
-        run_dir = work / "models/synthetic" / variant
+        assert (result["variant"], result["checkpoint"]) == (variant, f"models/synthetic/{variant}/seed0/best.pt")
+        run_dir = work / "models/synthetic" / variant / "seed0"
         assert {p.name for p in run_dir.iterdir()} == RUN_FILES
         for name in ("best.pt", "last.pt"):
             assert load_checkpoint(run_dir / name)["config"]["variant"] == variant
-        assert (work / f"logs/train/synthetic/{variant}.log").is_file()
+        assert (work / f"logs/train/synthetic/{variant}/seed0.log").is_file()

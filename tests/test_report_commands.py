@@ -61,11 +61,14 @@ def test_aggregate_reads_exactly_the_study_seeds(tmp_path):
     assert res.exit_code == 1 and "seed3.json" in res.output
 
 
-def test_evaluate_seed_evaluates_the_seed_checkpoint_with_the_study_noise(tmp_path, tiny_dir, monkeypatch):
+def test_seed_run_paths_name_the_seed_folder_and_its_result():
     assert seed_run_paths("beauty", "mclrec", 2, Path("results"), Path("models")) == (
         Path("models/beauty/mclrec/seed2/best.pt"), Path("results/beauty/mclrec/seed2.json"))
+
+
+def test_evaluate_with_seed_reads_that_runs_checkpoint_and_writes_its_seed_result(tmp_path, tiny_dir, monkeypatch):
     shutil.copytree(tiny_dir, tmp_path / "data" / "processed" / "synthetic")
     monkeypatch.chdir(tmp_path)  # the processed data exist, the seed's checkpoint does not
-    res = runner.invoke(app, ["report", "evaluate-seed", "synthetic", "mclrec", "7", "--params", _params(tmp_path, [7]),
-                              "--models", str(tmp_path / "models")])
-    assert res.exit_code == 1 and "seed7/best.pt" in res.output
+    res = runner.invoke(app, ["evaluate", "-d", "synthetic", "-m", "mclrec", "--seed", "7",
+                              "--params", _params(tmp_path, [7])])
+    assert res.exit_code == 1 and "models/synthetic/mclrec/seed7/best.pt" in res.output

@@ -1,21 +1,27 @@
 """The paper study: dry runs plan the expected jobs; a CI-sized study renders tables, figures and the report."""
 
+import csv
+import io
 import json
-import re
+from collections import Counter
 
 import numpy as np
 import pytest
 import yaml
 
-from .test_end_to_end import _project_copy, _run
+from mclrec.pipeline import KINDS
+
+from .test_end_to_end import _project_copy, _run, write_params
 
 pytestmark = pytest.mark.slow  # end to end: subprocesses, workflows or whole trainings
 
 
-def _job_counts(work, target: str) -> dict[str, int]:
-    proc = _run(["snakemake", "-n", "--cores", "4", target], work)
-    table = proc.stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+def _job_counts(work, target: str, *options: str) -> dict[str, int]:
+    """Jobs per rule that `snakemake --summary` plans for `target` (its TSV: one row per output file)."""
+    proc = _run(["snakemake", "--summary", "--cores", "4", *options, target], work)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout[proc.stdout.index("output_file"):]), delimiter="\t"))
+    files = Counter(row["rule"] for row in rows)
+    return {rule: n // len(KINDS[rule].outputs) for rule, n in files.items()}
 
 
 @pytest.fixture(scope="module")
@@ -27,25 +33,32 @@ def test_dry_runs_plan_the_paper_targets(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     n_variants, n_table3 = len(params["variants"]), len(params["study"]["table3"])
     table3 = _job_counts(project, "results/tables/table3.md")
-    assert (table3["train_seed"], table3["evaluate_seed"], table3["aggregate_seeds"], table3["table"]) == (
+    assert (table3["train"], table3["evaluate"], table3["aggregate"], table3["table"]) == (
         n_table3 * 3 * 3, n_table3 * 3 * 3, n_table3 * 3, 1)
     assert table3["download"] == 3 and table3["preprocess"] == 3
     table4 = _job_counts(project, "results/tables/table4.md")
-    assert table4["train_seed"] == 5 * 3 * 3
+    assert table4["train"] == 5 * 3 * 3
     grid = _job_counts(project, "results/figures/grid-beauty.png")
-    assert grid["train_grid"] == 5 * 5 * 3 and grid["aggregate_grid"] == 5 * 5 and grid["dataset_figure"] == 1
+    assert grid["train"] == 5 * 5 * 3 and grid["aggregate"] == 5 * 5 and grid["dataset_figure"] == 1
     groups = _job_counts(project, "results/figures/groups_trained.png")  # Fig. 8: 4 models x 6 groups x 3 seeds
-    assert groups["train_seed"] == 4 * 6 * 3 and groups["preprocess"] == 6 and groups["figure"] == 1
+    assert groups["train"] == 4 * 6 * 3 and groups["preprocess"] == 6 and groups["figure"] == 1
     report = _job_counts(project, "results/report.md")
-    assert report["train_seed"] == n_variants * 3 * 3 + 4 * 6 * 3
-    assert report["aggregate_seeds"] == n_variants * 3 + 4 * 6 and report["curves"] == n_variants * 3
-    assert report["train_grid"] == 5 * 5 * 3 * 3 and report["figure"] == 3 and report["dataset_figure"] == 3 * 3
+    assert report["train"] == n_variants * 3 * 3 + 4 * 6 * 3 + 5 * 5 * 3 * 3
+    assert report["aggregate"] == n_variants * 3 + 4 * 6 + 5 * 5 * 3 and report["curves"] == n_variants * 3
+    assert report["figure"] == 3 and report["dataset_figure"] == 3 * 3
     assert report["tsne"] == 2 * 3 and report["table"] == 2 and report["report"] == 1
 
 
+def test_single_run_is_the_study_seed_run(project):
+    single = _job_counts(project, "results/beauty/mclrec.json")
+    assert (single["train"], single["evaluate"]) == (1, 1)
+    both = _job_counts(project, "results/beauty/mclrec.json", "results/beauty/mclrec/seed0.json")
+    assert (both["train"], both["evaluate"]) == (1, 2)  # one training, evaluated as the single run and seed 0
+
+
 def test_slurm_profile_parses_and_plans(project):
-    proc = _run(["snakemake", "-n", "--profile", "workflow/profiles/slurm", "results/tables/table3.md"], project)
-    assert "train_seed" in proc.stdout
+    jobs = _job_counts(project, "results/tables/table3.md", "--profile", "workflow/profiles/slurm")
+    assert jobs["train"] > 0 and jobs["table"] == 1
 
 
 def test_ci_sized_study_renders_the_report(tmp_path):
@@ -56,9 +69,10 @@ def test_ci_sized_study_renders_the_report(tmp_path):
     params["study"] = {
         "seeds": [0, 1], "datasets": ["synthetic"], "table3": ["sasrec", "mclrec"], "table4": ["mclrec"],
         "joint_vs_meta": ["mclrec"], "batch_sizes": {"128": "mclrec"}, "robustness": ["sasrec", "mclrec"],
-        "noise": [0.1, 0.3], "grid": {"lambdas": [0.1], "betas": [0.05]},
+        "grid": {"lambdas": [0.1], "betas": [0.05]},
     }
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params["evaluate"]["noise"] = [0.1, 0.3]
+    write_params(work, params)
     _run(["snakemake", "--cores", "2", "results/report.md"], work)
     report = (work / "results/report.md").read_text()
     assert "Table 3" in report and "| mclrec |" in report.replace("**", "")

@@ -17,6 +17,9 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "modules", "n_items", "epoch")
 # Settings added after checkpoints were first written, with the value that reproduces how those runs behaved.
 LEGACY_SETTINGS = {"early_stopping": "exact", "mask_item": "padding"}
+# Settings older checkpoints stored that are no longer run settings (eval_ks moved to params.yaml `evaluate.ks`;
+# it never changed what was trained).
+RETIRED_SETTINGS = ("eval_ks",)
 
 
 class CheckpointError(MclrecError):
@@ -56,6 +59,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: checkpoint format {payload['format_version']}, expected {FORMAT_VERSION}")
     for key, value in LEGACY_SETTINGS.items():
         payload["config"].setdefault(key, value)
+    for key in RETIRED_SETTINGS:
+        payload["config"].pop(key, None)
     return payload
 
 

@@ -148,11 +148,13 @@ def train(
     variant: str = typer.Option(..., "--variant", "--model", "-m", help="Variant name from params.yaml."),
     params: Path = ParamsOpt,
     set_: list[str] = SetOpt,
-    seed: Optional[int] = typer.Option(None, help="Override the seed."),
+    seed: Optional[int] = typer.Option(None, help="Override the seed (train.seed)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (overrides num_threads; the "
+                                                            "workflows pass the job's threads)."),
     max_epochs: Optional[int] = typer.Option(None, help="Override max_epochs."),
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
-    out: Optional[Path] = typer.Option(None, help="Run folder (default models/<dataset>/<variant>)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default models/<dataset>/<variant>/seed<seed>)."),
     resume: bool = typer.Option(False, help="Continue from <out>/last.pt (error if its settings differ)."),
     resume_if_compatible: bool = typer.Option(
         False, help="Continue from last.pt when its settings match, else start afresh (used by the workflows)."
@@ -182,7 +184,7 @@ def train(
         if deterministic:
             enable_determinism()
         overrides = config.parse_overrides(set_)
-        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs)):
+        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs), ("num_threads", threads)):
             if value is not None:
                 overrides[key] = value
         cfg = config.run_config(config.load_params(params), dataset, variant, overrides)
@@ -191,7 +193,8 @@ def train(
             raise MclrecError(f"{data_dir or paths.processed_dir(dataset)}: processed with max_len={data.max_len}, "
                               f"params say {cfg.max_len}; re-run `mclrec preprocess {dataset}`")
         mode = "must" if resume else "if-compatible" if resume_if_compatible else "never"
-        summary = run_training(cfg, data, out or paths.run_dir(dataset, variant), resume=mode, progress=progress)
+        summary = run_training(cfg, data, out or paths.run_dir(dataset, variant, cfg.seed), resume=mode,
+                               progress=progress)
         err_console.print(f"{dataset}/{variant}: {summary['stopped']}; best {summary['valid_metric']}="
                           f"{summary['best_valid_metric']:.4f} at epoch {summary['best_epoch']} "
                           f"({summary['train_seconds']:.0f} s)")
@@ -201,7 +204,9 @@ def train(
 def evaluate(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
     variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (locates the default checkpoint)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file (default models/<dataset>/<variant>/best.pt)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Checkpoint file (default models/<dataset>/<variant>/seed<seed>/best.pt)."),
+    seed: Optional[int] = typer.Option(None, help="With --variant: the run of this seed (default train.seed)."),
     checkpoint_format: CheckpointFormat = typer.Option(
         CheckpointFormat.mclrec, help="mclrec, or recbole (a SASRec-family RecBole state dict)."),
     published: Optional[str] = typer.Option(
@@ -210,15 +215,20 @@ def evaluate(
     n_heads: Optional[int] = typer.Option(None, "--n-heads", min=1,
                                           help="Attention heads of a RecBole file without a pickled config."),
     params: Path = ParamsOpt,
-    output: Optional[Path] = typer.Option(None, help="Results JSON (default results/<dataset>/<variant>.json)."),
+    output: Optional[Path] = typer.Option(
+        None, help="Results JSON (default results/<dataset>/<variant>.json, or .../<variant>/seed<k>.json with --seed)."),
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    batch_size: int = typer.Option(2048, help="Users scored per chunk (bounds memory)."),
-    noise: list[float] = typer.Option([], help="Test-time noise ratio (Fig. 7); repeatable, e.g. --noise 0.05 --noise 0.1."),
-    groups: bool = typer.Option(False, help="Also report users grouped by sequence length (=5, 6-8, >8; Fig. 8)."),
-    seed: int = typer.Option(0, help="Seed of the noise insertion."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Users scored per chunk (default evaluate.batch_size)."),
+    noise: Optional[list[float]] = typer.Option(
+        None, help="Test-time noise ratio (Fig. 7), repeatable (default evaluate.noise; --noise 0 for none)."),
+    groups: Optional[bool] = typer.Option(
+        None, help="Also report users grouped by sequence length (=5, 6-8, >8; Fig. 8); default evaluate.groups."),
+    noise_seed: Optional[int] = typer.Option(None, help="Seed of the noise insertion (default evaluate.noise_seed)."),
 ) -> None:
-    """Full-ranking HR/NDCG/MRR@k on valid and test; writes the results JSON and per-user test ranks."""
+    """Full-ranking HR/NDCG/MRR@k on valid and test; writes the results JSON and per-user test ranks.
+
+    What is computed (cut-offs, noise ratios, length groups, chunk size) comes from params.yaml `evaluate`."""
     from mclrec.data.processed import load_processed
     from mclrec.evaluation.evaluate import evaluate_run, write_results
 
@@ -233,17 +243,22 @@ def evaluate(
             variant = published
         if checkpoint is None and variant is None:
             raise MclrecError("give --variant (to use models/<dataset>/<variant>/best.pt), --checkpoint FILE or --published NAME")
-        ckpt = checkpoint or paths.run_dir(dataset, variant) / "best.pt"
+        run_seed = params_dict["train"]["seed"] if seed is None else seed
+        ckpt = checkpoint or paths.run_dir(dataset, variant, run_seed) / paths.RUN_BEST
         if output is None and variant is None:
             raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
         data = load_processed(data_dir or paths.processed_dir(dataset))
-        ks = tuple(params_dict["train"]["eval_ks"])
+        settings = params_dict["evaluate"]
+        ratios = tuple(r for r in (noise or settings["noise"]) if r > 0)  # --noise 0 alone: no noise
         checkpoint_format = CheckpointFormat(checkpoint_format).value
-        record, ranks = evaluate_run(dataset, data, ckpt, checkpoint_format, device, batch_size, ks, tuple(noise),
-                                     groups, seed, variant, n_heads)
+        record, ranks = evaluate_run(
+            dataset, data, ckpt, checkpoint_format, device, batch_size or settings["batch_size"],
+            tuple(settings["ks"]), ratios, settings["groups"] if groups is None else groups,
+            settings["noise_seed"] if noise_seed is None else noise_seed, variant, n_heads)
         if published is not None:
             record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
-        dest = output or paths.result_file(dataset, variant)
+        single = seed is None or checkpoint is not None
+        dest = output or paths.result_file(dataset, variant if single else paths.seed_result(variant, seed))
         write_results(dest, record, ranks)
         test = record["metrics"]["test"]
         err_console.print(f"{dest}: test " + " ".join(f"{k}={test[k]:.4f}" for k in test if k.endswith(("@10", "@20"))))
@@ -267,7 +282,7 @@ def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, 
 @app.command()
 def recommend(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
-    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (models/<d>/<v>/best.pt)."),
+    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (models/<d>/<v>/seed<train.seed>/best.pt)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file instead of the variant's best.pt."),
     checkpoint_format: CheckpointFormat = typer.Option(CheckpointFormat.mclrec, help="mclrec or recbole."),
     published: Optional[str] = typer.Option(None, help="A published checkpoint declared in params.yaml."),
@@ -311,7 +326,7 @@ def recommend(
         elif checkpoint is None:
             if variant is None:
                 raise MclrecError("give --variant, --checkpoint FILE or --published NAME")
-            checkpoint = paths.run_dir(dataset, variant) / "best.pt"
+            checkpoint = paths.run_dir(dataset, variant, params_dict["train"]["seed"]) / paths.RUN_BEST
         folder = data_dir or paths.processed_dir(dataset)
         data, catalogue = load_processed(folder), Catalogue.load(folder)
         dev = resolve_device(device)
@@ -358,6 +373,49 @@ def export_recbole_cmd(
         folder = data_dir or paths.processed_dir(dataset)
         for path in export_recbole(load_processed(folder), folder, dataset, out):
             err_console.print(str(path))
+
+
+workflow_app = typer.Typer(help="The workflow declarations (src/mclrec/pipeline.py): dvc.yaml and the job list.",
+                           no_args_is_help=True)
+app.add_typer(workflow_app, name="workflow")
+
+
+@workflow_app.command("dvc")
+def workflow_dvc(
+    params: Path = ParamsOpt,
+    output: Path = typer.Option(Path("dvc.yaml"), help="Where dvc.yaml goes."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; fail (exit 1) when the file is not up to date."),
+) -> None:
+    """Write dvc.yaml from the workflow declarations and params.yaml (run it after editing params.yaml's lists)."""
+    from mclrec import dvc_stages
+
+    with user_errors():
+        params_dict = config.load_params(params)
+        text = dvc_stages.render(params_dict, config.load_yaml(params.read_text(encoding="utf-8")))
+        current = output.read_text(encoding="utf-8") if output.is_file() else None
+        if check:
+            if current != text:
+                err_console.print(f"{output} is stale: it is not what `mclrec workflow dvc` writes from {params} "
+                                  f"and src/mclrec/pipeline.py; run `mclrec workflow dvc`")
+                raise typer.Exit(1)
+            err_console.print(f"{output} is up to date")
+            return
+        if current != text:
+            dvc_stages.write(output, text)
+        err_console.print(f"{output}: {'written' if current != text else 'unchanged'}")
+
+
+@workflow_app.command("jobs")
+def workflow_jobs(params: Path = ParamsOpt) -> None:
+    """How many trainings and evaluations the workflows declare (plain `dvc repro` builds them all)."""
+    from mclrec import pipeline
+
+    with user_errors():
+        params_dict = config.load_params(params)
+        runs, evaluations = pipeline.runs(params_dict), pipeline.evaluations(params_dict)
+        study = len(pipeline.study_runs(params_dict)) * len(params_dict["study"]["seeds"])
+        typer.echo(f"trainings: {len(runs)} (study: {study}, single runs outside the study: {len(runs) - study})")
+        typer.echo(f"evaluations: {len(evaluations)}; seed aggregates: {len(pipeline.study_runs(params_dict))}")
 
 
 @app.command("show-config")

@@ -51,10 +51,15 @@ def settings_defaults() -> dict[str, Any]:
     return {key: copy.deepcopy(spec["default"]) for key, spec in props.items()}
 
 
+def section_defaults(section: str) -> dict[str, Any]:
+    """Default value of every setting of a top-level section (study, evaluate), from the schema."""
+    props = load_schema()["properties"][section]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in props.items()}
+
+
 def study_defaults() -> dict[str, Any]:
     """Default value of every study setting, from the schema."""
-    props = load_schema()["properties"]["study"]["properties"]
-    return {key: copy.deepcopy(spec["default"]) for key, spec in props.items()}
+    return section_defaults("study")
 
 
 def _check_study(params: dict, source: str) -> None:
@@ -170,6 +175,7 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     _check_study(params, str(path))
     _check_checkpoints(params, str(path))
     params["study"] = {**study_defaults(), **params.get("study", {})}
+    params["evaluate"] = {**section_defaults("evaluate"), **params.get("evaluate", {})}
     return params
 
 
@@ -236,6 +242,9 @@ def resolve_run(params: dict, dataset: str, variant: str, overrides: dict | None
     settings.update({k: copy.deepcopy(v) for k, v in var.items() if k not in ("model", "description")})
     settings.update(overrides or {})
     settings.update(dataset=dataset, variant=variant, model=model, max_len=spec["preprocess"]["max_len"])
+    # Validation during training chunks its scoring like the evaluation; the chunk size does not change scores,
+    # so it is an evaluation setting and a change to it retrains nothing.
+    settings["eval_batch_size"] = params.get("evaluate", {}).get("batch_size", section_defaults("evaluate")["batch_size"])
     if settings["loss"] == "bce" and model != "sasrec":
         raise ConfigError(f"params.yaml: variants.{variant}: loss 'bce' (the original SASRec objective, trained on whole "
                           f"sequences) is available for model 'sasrec' only, not '{model}'")

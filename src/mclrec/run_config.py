@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 from mclrec.errors import ConfigError
 
 IDENTITY = ("dataset", "variant", "model", "max_len")  # set by resolve_run, not by the settings schema
+FROM_EVALUATE = ("eval_batch_size",)  # params.yaml evaluate.batch_size: validation during training chunks by it
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,6 @@ class RunConfig:
     patience: int
     early_stopping: str
     valid_metric: str
-    eval_ks: list[int]
     batch_size: int
     eval_batch_size: int
     lr: float

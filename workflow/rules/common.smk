@@ -1,89 +1,103 @@
-# Shared configuration and small lookup helpers for the rules (no pipeline logic here).
+# Shared configuration and lookups for the rules. What each job kind runs and writes (command, outputs, log,
+# code) is declared once in src/mclrec/pipeline.py, which dvc.yaml is written from too.
 
 import os
+import re
+from pathlib import Path
 
+from mclrec import paths, pipeline
 from mclrec.config import load_params, resolve_run
-
 from mclrec.device import visible_gpu_count
 
 # params.yaml read exactly as the CLI reads it: schema-validated (errors name file, line and key), defaults
 # filled in, numbers such as 1e-4 parsed as numbers (YAML 1.2, as DVC reads the file too).
 config.update(load_params("params.yaml"))
 
-PROCESSED_FILES = ["train.parquet", "valid.parquet", "test.parquet", "items.parquet", "users.parquet", "stats.json"]
-
 DATASETS = list(config["datasets"])
 VARIANTS = list(config["variants"])
 CHECKPOINTS = config.get("checkpoints", {})
 STUDY = config["study"]
-CUDA_AVAILABLE = visible_gpu_count() > 0  # no torch import while parsing
 SEEDS = STUDY["seeds"]
-FIGURES = ["joint_vs_meta", "batch_sizes", "groups_trained"]
-DATASET_FIGURES = ["noise", "groups", "grid"]
+CUDA_AVAILABLE = visible_gpu_count() > 0  # no torch import while parsing
+RUN_PATTERN = "(?:{})|grid/l[0-9.]+-b[0-9.]+".format("|".join(map(re.escape, VARIANTS)))
+# Code-aware re-runs need the package source beside the Snakefile (a clone); without it, only params and data count.
+SOURCE_TREE = Path(pipeline.SOURCE_ROOT).is_dir()
 
 
-wildcard_constraints:
-    dataset="[a-z0-9][a-z0-9_-]*",
-    variant="|".join(VARIANTS),
-    checkpoint="|".join(CHECKPOINTS) or "(?!)",
-    seed="[0-9]+",
-    number="[34]",
-    lam="[0-9.]+",
-    beta="[0-9.]+",
-    figure="|".join(FIGURES),
-    kind="|".join(DATASET_FIGURES),
-    view="z|h",
-    filename="[^/]+",
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (or nothing)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+def code(kind):
+    """The package source files a job kind runs (an edit to one of them re-runs its jobs)."""
+    return list(pipeline.code_files(pipeline.KINDS[kind].code)) if SOURCE_TREE else []
 
 
 def raw_file(wildcards):
     """The raw file a dataset's preprocessing reads."""
-    return f"data/raw/{wildcards.dataset}/{config['datasets'][wildcards.dataset]['filename']}"
+    return paths.RAW.format(dataset=wildcards.dataset, filename=config["datasets"][wildcards.dataset]["filename"])
 
 
 def dataset_source(wildcards):
-    """The dataset's source entry (a rule param, so a new URL or checksum re-triggers download)."""
+    """The dataset's source entry (a param of the rule, so a new URL or checksum re-triggers download)."""
     return config["datasets"][wildcards.dataset]["source"]
 
 
+def dataset_section(wildcards):
+    """What preprocessing reads of the dataset's entry (a param of the rule, so edits re-trigger it)."""
+    spec = config["datasets"][wildcards.dataset]
+    return {"format": spec["format"], "preprocess": spec["preprocess"]}
+
+
 def checkpoint_section(wildcards):
-    """A published checkpoint's params.yaml entry (a rule param, so a new URL or checksum re-triggers download)."""
+    """A published checkpoint's params.yaml entry (a param of the rule, so a new URL or checksum re-downloads)."""
     return CHECKPOINTS[wildcards.checkpoint]
 
 
 def published_file(wildcards):
     """Where a published checkpoint lies once downloaded; only for the dataset it was declared with."""
-    spec = CHECKPOINTS[wildcards.checkpoint]
+    spec, name = CHECKPOINTS[wildcards.checkpoint], wildcards.checkpoint
     if spec["dataset"] != wildcards.dataset:
-        raise ValueError(f"params.yaml: checkpoints.{wildcards.checkpoint} belongs to dataset '{spec['dataset']}', "
-                         f"not '{wildcards.dataset}'")
-    return f"models/published/{wildcards.checkpoint}/{spec['filename']}"
-
-
-def dataset_section(wildcards):
-    """The dataset's params.yaml entry (a rule param, so edits re-trigger the rule)."""
-    return config["datasets"][wildcards.dataset]
+        raise ValueError(
+            f"params.yaml: checkpoints.{name} belongs to dataset '{spec['dataset']}', not '{wildcards.dataset}'"
+        )
+    return str(paths.published_checkpoint(name, spec["filename"]))
 
 
 def processed_files(wildcards):
     """The Parquet splits and stats.json a training or evaluation reads."""
-    return expand("data/processed/{dataset}/{name}", dataset=wildcards.dataset, name=PROCESSED_FILES)
+    return [paths.PROCESSED.format(dataset=wildcards.dataset, name=name) for name in paths.PROCESSED_FILES]
 
 
-def run_settings(wildcards):
-    """The fully resolved settings of a run (a rule param, so a params.yaml edit re-triggers training)."""
-    return resolve_run(config, wildcards.dataset, wildcards.variant)
+def training(wildcards):
+    """The training a train job runs (a variant, or a grid cell: mclrec with lambda_cl1 and beta set)."""
+    return pipeline.run_of(wildcards.dataset, wildcards.run, int(wildcards.seed))
 
 
-def grid_settings(wildcards):
-    """The resolved settings of a lambda x beta grid run (mclrec with lambda_cl1 and beta set)."""
-    cell = {"lambda_cl1": float(wildcards.lam), "beta": float(wildcards.beta)}
-    return resolve_run(config, wildcards.dataset, "mclrec", cell)
+def train_args(wildcards):
+    """The train command's --variant and --set arguments."""
+    return training(wildcards).args
 
 
-def all_processed_stats():
-    """stats.json of every dataset declared in params.yaml."""
-    return expand("data/processed/{dataset}/stats.json", dataset=DATASETS)
+def train_settings(wildcards):
+    """The run's resolved training settings (a param of the rule, so a change re-trains). Evaluation settings are
+    not among them, so editing `evaluate` re-evaluates without re-training."""
+    run = training(wildcards)
+    settings = resolve_run(config, run.dataset, run.variant, {k: float(v) for k, v in run.sets})
+    settings.pop("eval_batch_size")  # validation chunking: does not change what is trained
+    return settings
+
+
+def evaluation(wildcards):
+    """The evaluation behind a result name (<run>/seed<k>, or a single run: the run of seed train.seed)."""
+    return pipeline.evaluation_of(wildcards.dataset, wildcards.result, config["train"]["seed"])
+
+
+def evaluated_files(wildcards):
+    """The checkpoint and summary an evaluation reads."""
+    folder = evaluation(wildcards).train.folder
+    return {"best": f"{folder}/{paths.RUN_BEST}", "summary": f"{folder}/{paths.RUN_SUMMARY}"}
 
 
 def gpu_jobs(wildcards):
@@ -92,27 +106,28 @@ def gpu_jobs(wildcards):
 
 
 def seed_results(wildcards):
-    """The per-seed results (JSON and test ranks) a study run's aggregate reads."""
-    run = f"results/{wildcards.dataset}/{wildcards.variant}"
-    return expand("{run}/seed{seed}.{ext}", run=run, seed=SEEDS, ext=("json", "ranks.npy"))
-
-
-def grid_seed_results(wildcards):
-    """The per-seed results of one grid cell."""
-    run = f"results/{wildcards.dataset}/grid/l{wildcards.lam}-b{wildcards.beta}"
-    return expand("{run}/seed{seed}.{ext}", run=run, seed=SEEDS, ext=("json", "ranks.npy"))
+    """The per-seed results (JSON and test ranks) a seed aggregate reads."""
+    results = [paths.seed_result(wildcards.run, seed) for seed in SEEDS]
+    return [
+        pattern.format(dataset=wildcards.dataset, result=result)
+        for result in results
+        for pattern in (paths.RESULT, paths.RESULT_RANKS)
+    ]
 
 
 def seed_logs(wildcards):
     """The training logs of every seed of a study run (its training-curves figure)."""
-    return expand("models/{dataset}/{variant}/seed{seed}/log.jsonl", dataset=wildcards.dataset,
-                  variant=wildcards.variant, seed=SEEDS)
+    return [str(paths.run_dir(wildcards.dataset, wildcards.variant, seed) / paths.RUN_LOG) for seed in SEEDS]
 
 
-def aggregates(variants, datasets=None):
-    """Seed aggregates (JSON and stacked ranks) of `variants` on `datasets` (default: every study dataset)."""
-    return expand("results/aggregate/{dataset}/{variant}.{ext}", dataset=datasets or STUDY["datasets"],
-                  variant=variants, ext=("json", "ranks.npy"))
+def aggregates(runs, datasets=None):
+    """Seed aggregates (JSON and stacked ranks) of `runs` on `datasets` (default: every study dataset)."""
+    return [
+        pattern.format(dataset=d, run=r)
+        for d in (datasets or STUDY["datasets"])
+        for r in runs
+        for pattern in (paths.AGGREGATE, paths.AGGREGATE_RANKS)
+    ]
 
 
 def table_inputs(wildcards):
@@ -120,21 +135,20 @@ def table_inputs(wildcards):
     return aggregates(STUDY[f"table{wildcards.number}"])
 
 
-TSNE_VARIANTS = {"z": ["mclrec", "mclrec-no-reg"], "h": ["mclrec", "mclrec-j"]}  # Fig. 2 and Fig. 5
-
-
 def tsne_checkpoints(wildcards):
     """The first study seed's checkpoints whose views a t-SNE figure maps (of the variants params.yaml declares)."""
-    variants = [v for v in TSNE_VARIANTS[wildcards.view] if v in VARIANTS]
-    return expand("models/{dataset}/{variant}/seed{seed}/best.pt", dataset=wildcards.dataset, variant=variants,
-                  seed=SEEDS[0])
+    return [
+        str(paths.run_dir(wildcards.dataset, v, SEEDS[0]) / paths.RUN_BEST)
+        for v in pipeline.TSNE_VARIANTS[wildcards.view]
+        if v in VARIANTS
+    ]
 
 
 def reference_results(wildcards):
     """The committed reference runs (results/reference/<d>/<v>.json) that exist for Table 3's datasets and variants."""
     if wildcards.number != "3":
         return []
-    found = expand("results/reference/{dataset}/{variant}.json", dataset=STUDY["datasets"], variant=STUDY["table3"])
+    found = [f"results/reference/{d}/{v}.json" for d in STUDY["datasets"] for v in STUDY["table3"]]
     return [path for path in found if os.path.exists(path)]
 
 
@@ -150,19 +164,21 @@ def figure_inputs(wildcards):
 def dataset_figure_inputs(wildcards):
     """Aggregates a per-dataset figure needs: the lambda x beta grid (Fig. 6) or the robustness variants (Figs. 7-8)."""
     if wildcards.kind == "grid":
-        return expand("results/aggregate/{dataset}/grid/l{lam}-b{beta}.json", dataset=wildcards.dataset,
-                      lam=STUDY["grid"]["lambdas"], beta=STUDY["grid"]["betas"])
+        grid = STUDY["grid"]
+        return aggregates(
+            [paths.grid_run(lam, beta) for lam in grid["lambdas"] for beta in grid["betas"]], [wildcards.dataset]
+        )[::2]
     return aggregates(STUDY["robustness"], [wildcards.dataset])
 
 
 def report_inputs():
     """Everything results/report.md shows, plus the aggregates of every study run (what `dvc repro report` builds)."""
+    tsne_views = [view for view, names in pipeline.TSNE_VARIANTS.items() if set(names) & set(VARIANTS)]
     return {
-        "tables": expand("results/tables/table{number}.{ext}", number=(3, 4), ext=("md", "csv")),
-        "figures": expand("results/figures/{figure}.png", figure=FIGURES)
-        + expand("results/figures/{kind}-{dataset}.png", kind=DATASET_FIGURES, dataset=STUDY["datasets"])
-        + expand("results/figures/tsne-{view}-{dataset}.png", dataset=STUDY["datasets"],
-                 view=[view for view, names in TSNE_VARIANTS.items() if set(names) & set(VARIANTS)]),
-        "curves": expand("results/figures/curves/{dataset}/{variant}.png", dataset=STUDY["datasets"], variant=VARIANTS),
-        "aggregates": aggregates(VARIANTS),
+        "tables": [f"results/tables/table{n}.{ext}" for n in pipeline.TABLES for ext in ("md", "csv")],
+        "figures": [f"results/figures/{f}.png" for f in pipeline.FIGURES]
+        + [f"results/figures/{k}-{d}.png" for k in pipeline.DATASET_FIGURES for d in STUDY["datasets"]]
+        + [f"results/figures/tsne-{v}-{d}.png" for v in tsne_views for d in STUDY["datasets"]],
+        "curves": [f"results/figures/curves/{d}/{v}.png" for d in STUDY["datasets"] for v in VARIANTS],
+        "aggregates": [a for d, r in pipeline.study_runs(config) for a in aggregates([r], [d])],
     }

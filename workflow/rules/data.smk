@@ -1,25 +1,27 @@
-# Data stages: download (or generate) -> preprocess (k-core, leave-one-out Parquet).
+# Data: download (or generate) -> preprocess (k-core, leave-one-out Parquet).
 # MCLREC_MIRROR=<dir> in the environment makes download copy from a local folder.
+
 
 rule download:
     output:
-        "data/raw/{dataset}/{filename}",
+        **pipeline.snakemake_outputs("download"),
+    log:
+        pipeline.snakemake_log("download"),
     params:
         source=dataset_source,
-    log:
-        "logs/download/{dataset}/{filename}.log",
     shell:
-        "mclrec download {wildcards.dataset} 2> {log}"
+        pipeline.snakemake_command("download")
 
 
 rule preprocess:
     input:
         raw_file,
+        code("preprocess"),
     output:
-        expand("data/processed/{{dataset}}/{name}", name=PROCESSED_FILES),
+        **pipeline.snakemake_outputs("preprocess"),
+    log:
+        pipeline.snakemake_log("preprocess"),
     params:
         dataset=dataset_section,
-    log:
-        "logs/preprocess/{dataset}.log",
     shell:
-        "mclrec preprocess {wildcards.dataset} 2> {log}"
+        pipeline.snakemake_command("preprocess")

@@ -4,24 +4,25 @@
 
 rule download_checkpoint:
     output:
-        "models/published/{checkpoint}/{filename}",
+        **pipeline.snakemake_outputs("download_checkpoint"),
+    log:
+        pipeline.snakemake_log("download_checkpoint"),
     params:
         source=checkpoint_section,
-    log:
-        "logs/download/published/{checkpoint}/{filename}.log",
     shell:
-        "mclrec download {wildcards.checkpoint} 2> {log}"
+        pipeline.snakemake_command("download_checkpoint")
 
 
 rule evaluate_published:
     input:
         processed_files,
+        code("evaluate_published"),
         checkpoint=published_file,
     output:
-        results="results/{dataset}/{checkpoint}.json",
-        metrics="results/{dataset}/{checkpoint}.metrics.json",
-        ranks="results/{dataset}/{checkpoint}.ranks.npy",
+        **pipeline.snakemake_outputs("evaluate_published"),
     log:
-        "logs/evaluate/{dataset}/{checkpoint}.log",
+        pipeline.snakemake_log("evaluate_published"),
+    params:
+        settings=config["evaluate"],
     shell:
-        "mclrec evaluate --dataset {wildcards.dataset} --published {wildcards.checkpoint} 2> {log}"
+        pipeline.snakemake_command("evaluate_published")

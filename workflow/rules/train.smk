@@ -1,37 +1,39 @@
-# Model stages: train one variant on one dataset, then evaluate its best checkpoint.
-# A re-run after a kill continues from models/<dataset>/<variant>/last.pt (same settings).
+# Trainings and their evaluations. A run is models/<dataset>/<run>/seed<k>/ (<run>: a variant or a grid cell
+# grid/l<lambda>-b<beta>); results/<dataset>/<run>/seed<k>.json evaluates it, and the single-run result
+# results/<dataset>/<variant>.json evaluates the run of seed train.seed (no training of its own).
+# A re-run after a kill continues from the run's last.pt (same settings).
 
 
 rule train:
     input:
         processed_files,
+        code("train"),
     output:
-        best="models/{dataset}/{variant}/best.pt",
-        summary="models/{dataset}/{variant}/summary.json",
-        log="models/{dataset}/{variant}/log.jsonl",
-        curves="models/{dataset}/{variant}/curves.json",
-    params:
-        settings=run_settings,
+        **pipeline.snakemake_outputs("train"),
+    log:
+        pipeline.snakemake_log("train"),
     threads: 2
     resources:
         gpu_slots=gpu_jobs,
-    log:
-        "logs/train/{dataset}/{variant}.log",
+    params:
+        settings=train_settings,
+        args=train_args,
     shell:
-        "mclrec train --dataset {wildcards.dataset} --variant {wildcards.variant} --resume-if-compatible --no-progress"
-        " 2> {log}"
+        pipeline.snakemake_command("train")
 
 
 rule evaluate:
     input:
+        unpack(evaluated_files),
         processed_files,
-        best="models/{dataset}/{variant}/best.pt",
-        summary="models/{dataset}/{variant}/summary.json",
+        code("evaluate"),
     output:
-        results="results/{dataset}/{variant}.json",
-        metrics="results/{dataset}/{variant}.metrics.json",
-        ranks="results/{dataset}/{variant}.ranks.npy",
+        **pipeline.snakemake_outputs("evaluate"),
     log:
-        "logs/evaluate/{dataset}/{variant}.log",
+        pipeline.snakemake_log("evaluate"),
+    params:
+        variant=lambda wildcards: evaluation(wildcards).train.variant,
+        checkpoint=lambda wildcards: evaluated_files(wildcards)["best"],
+        settings=config["evaluate"],
     shell:
-        "mclrec evaluate --dataset {wildcards.dataset} --variant {wildcards.variant} 2> {log}"
+        pipeline.snakemake_command("evaluate")

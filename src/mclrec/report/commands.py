@@ -1,4 +1,4 @@
-"""`mclrec report ...`: the study's seed evaluation and aggregates, the paper's tables and figures, curves, report."""
+"""`mclrec report ...`: the study's seed aggregates, the paper's tables and figures, curves, report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from mclrec import config, paths
 from mclrec.cli_common import ParamsOpt, err_console, user_errors
 
-report_app = typer.Typer(help="The paper study: seed evaluation and aggregates, tables, figures, curves, report.",
+report_app = typer.Typer(help="The paper study: seed aggregates, tables, figures, curves, report.",
                          no_args_is_help=True)
 
 ResultsOpt = typer.Option(Path("results"), help="Results root.")
@@ -26,35 +26,10 @@ def _guard():
     return user_errors()
 
 
-@report_app.command("evaluate-seed")
-def evaluate_seed(
-    dataset: str = typer.Argument(..., help="Dataset name."),
-    variant: str = typer.Argument(..., help="Variant name."),
-    seed: int = typer.Argument(..., help="The run's seed k (models/<dataset>/<variant>/seed<k>/)."),
-    params: Path = ParamsOpt,
-    results: Path = ResultsOpt,
-    models: Path = ModelsOpt,
-) -> None:
-    """`mclrec evaluate` of a study run with the study's test-time noise ratios and length groups (Figs. 7, 8):
-    models/<d>/<v>/seed<k>/best.pt into results/<d>/<v>/seed<k>.json (and .ranks.npy)."""
-    from mclrec.data.processed import load_processed
-    from mclrec.evaluation.evaluate import evaluate_run, write_results
-
-    with _guard():
-        params_dict = config.load_params(params)
-        config.resolve_run(params_dict, dataset, variant)  # both must be declared
-        checkpoint, output = seed_run_paths(dataset, variant, seed, results, models)
-        data = load_processed(paths.processed_dir(dataset))
-        record, ranks = evaluate_run(dataset, data, checkpoint, ks=tuple(params_dict["train"]["eval_ks"]),
-                                     noise=tuple(params_dict["study"]["noise"]), groups=True, variant=variant)
-        write_results(output, record, ranks)
-        err_console.print(f"{output}: test NDCG@20={record['metrics']['test'].get('NDCG@20', float('nan')):.4f}")
-
-
 def seed_run_paths(dataset: str, variant: str, seed: int, results: Path, models: Path) -> tuple[Path, Path]:
     """The checkpoint and the results JSON of seed `seed` of a study run."""
-    run = Path(dataset) / variant
-    return models / run / f"seed{seed}" / "best.pt", results / run / f"seed{seed}.json"
+    return (paths.run_dir(dataset, variant, seed, models) / paths.RUN_BEST,
+            paths.result_file(dataset, paths.seed_result(variant, seed), results))
 
 
 @report_app.command()
@@ -117,14 +92,15 @@ def figure(
     from mclrec.report.aggregate import SEED_AGGREGATE, load_index
 
     with _guard():
-        study = config.load_params(params)["study"]
+        params_dict = config.load_params(params)
+        study = {**params_dict["study"], "noise": params_dict["evaluate"]["noise"]}
         datasets = study["datasets"]
         path = out / f"{name}.png"
         if name == "joint_vs_meta":
             index = load_index(results, datasets, study["joint_vs_meta"], SEED_AGGREGATE)
             figures.plot_joint_vs_meta(index, datasets, path, variants=study["joint_vs_meta"])
         elif name == "groups_trained":
-            _groups_trained_figure(config.load_params(params), results, path)
+            _groups_trained_figure(params_dict, results, path)
         elif name == "batch_sizes":
             by_batch = {int(b): v for b, v in study["batch_sizes"].items()}
             index = load_index(results, datasets, list(by_batch.values()), SEED_AGGREGATE)
@@ -193,7 +169,7 @@ def tsne(
         rows = tsne_maps.sample_users(data.n_users, users, seed)
         panels = {}
         for label, variant in variants.items():
-            checkpoint = models / dataset / variant / f"seed{study['seeds'][0]}" / "best.pt"
+            checkpoint = paths.run_dir(dataset, variant, study["seeds"][0], models) / paths.RUN_BEST
             panels[label] = tsne_maps.view_embeddings(checkpoint, data, rows, seed) if checkpoint.is_file() else None
         tsne_maps.plot_tsne(panels, views, out / f"tsne-{kind}-{dataset}.png", f"{dataset}: {title}", seed)
 
@@ -242,13 +218,16 @@ def curves(
     models: Path = ModelsOpt,
     out: Path = typer.Option(Path("results/figures/curves"), help="Folder for <dataset>/<variant>.png."),
 ) -> None:
-    """Training curves of a study run: each loss component and validation MRR@10 by epoch, the seeds overlaid."""
+    """Training curves of a study run: each loss component and validation `train.valid_metric` by epoch, the seeds
+    overlaid."""
     from mclrec.report import figures
 
     with _guard():
-        seeds = config.load_params(params)["study"]["seeds"]
-        runs = {f"seed {k}": read_log(models / dataset / variant / f"seed{k}" / "log.jsonl") for k in seeds}
-        figures.plot_training_curves(runs, f"{dataset} / {variant}: training curves", out / dataset / f"{variant}.png")
+        params_dict = config.load_params(params)
+        seeds = params_dict["study"]["seeds"]
+        runs = {f"seed {k}": read_log(paths.run_dir(dataset, variant, k, models) / paths.RUN_LOG) for k in seeds}
+        figures.plot_training_curves(runs, f"{dataset} / {variant}: training curves", out / dataset / f"{variant}.png",
+                                     metric=params_dict["train"]["valid_metric"])
 
 
 @report_app.command()

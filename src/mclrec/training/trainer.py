@@ -52,6 +52,13 @@ class RunState:
     log: list[dict[str, Any]] = field(default_factory=list)
 
 
+def validation_ks(valid_metric: str) -> tuple[int]:
+    """The cut-off validation is scored at during training: the one of `valid_metric` (HR, NDCG and MRR at it).
+
+    Training reads no evaluation setting, so editing `evaluate.ks` re-evaluates runs without retraining them.
+    """
+    return (int(valid_metric.split("@")[1]),)
+
 def schedule_of(cfg: RunConfig) -> str:
     """The update schedule of a run: MCLRec with augmenters follows `schedule` (meta, paper or joint); every other
     run (the baselines, MCLRec without augmenters) is `single`: one encoder update per batch."""
@@ -303,7 +310,8 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
             train_time = time.monotonic() - t0
-            valid = evaluate(parts.encoder, valid_data, cfg.eval_batch_size, cfg.eval_ks, cfg.length_buckets)
+            valid = evaluate(parts.encoder, valid_data, cfg.eval_batch_size, validation_ks(cfg.valid_metric),
+                             cfg.length_buckets)
             metric = valid[cfg.valid_metric]
             state.epoch = epoch
             state.train_seconds = time.monotonic() - started
