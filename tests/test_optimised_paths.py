@@ -1,4 +1,5 @@
-"""The optimised training path (length buckets, views in one encoder call) against the naive reference path."""
+"""The optimised training paths (length buckets or packed tokens, views in one encoder call) against the naive
+reference path."""
 
 from __future__ import annotations
 
@@ -30,16 +31,17 @@ def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
         seq[torch.arange(width)[None, :] >= lengths[:, None]] = 0
         views.append((seq, lengths))
     together = encode_views(cfg, encoder, *views)
+    packed = encode_views(cfg.replace(packed_tokens=True), encoder, *views)
     apart = encode_views(cfg.replace(**NAIVE_PATH), encoder, *views)
-    for a, b in zip(together, apart):
-        assert torch.allclose(a, b, atol=1e-5)
+    for a, p, b in zip(together, packed, apart):
+        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(p, b, atol=1e-5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mclrec", "duorec"])
-def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant):
+@pytest.mark.parametrize("variant,fast_path", [("mclrec", {}), ("duorec", {}), ("mclrec", {"packed_tokens": True})])
+def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant, fast_path):
     """Without dropout (whose random stream the paths draw differently) both paths give the same run."""
-    for name, extra in (("fast", {}), ("naive", NAIVE_PATH)):
+    for name, extra in (("fast", fast_path), ("naive", NAIVE_PATH)):
         train(run_cfg(variant, max_epochs=2, batch_size=128, **NO_DROPOUT, **extra), tiny, tmp_path / name, progress=False)
     fast, naive = _log(tmp_path / "fast"), _log(tmp_path / "naive")
     assert len(fast) == len(naive) == 2

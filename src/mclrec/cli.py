@@ -353,7 +353,7 @@ def recommend(
             err_console.print(f"{output}: {frame['user'].nunique()} users x top {k}")
 
 
-export_app = typer.Typer(help="Export a processed split to other tools.", no_args_is_help=True)
+export_app = typer.Typer(help="Export a processed split or a trained checkpoint to other tools.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
@@ -373,6 +373,50 @@ def export_recbole_cmd(
         folder = data_dir or paths.processed_dir(dataset)
         for path in export_recbole(load_processed(folder), folder, dataset, out):
             err_console.print(str(path))
+
+
+@export_app.command("recbole-checkpoint")
+def export_recbole_checkpoint_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
+    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m",
+                                          help="Variant (locates models/<dataset>/<variant>/seed<seed>/best.pt)."),
+    seed: Optional[int] = typer.Option(None, help="With --variant: the run of this seed (default train.seed)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="An mclrec checkpoint file (default models/<dataset>/<variant>/seed<seed>/best.pt)."),
+    out: Optional[Path] = typer.Option(
+        None, help="The RecBole file (default export/recbole/<dataset>/<variant>.pth, <variant>.seed<k>.pth with --seed)."),
+    params: Path = ParamsOpt,
+    data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
+) -> None:
+    """Write a trained encoder as a checkpoint RecBole 1.x's SASRec loads for `mclrec export recbole DATASET`'s split.
+
+    Item-embedding rows follow RecBole's own item numbering of those files (not ours): load it with
+    `model.load_state_dict(torch.load(FILE)["state_dict"])` or `trainer.evaluate(test_data, model_file=FILE)`."""
+    from mclrec.data.processed import load_processed
+    from mclrec.export import export_recbole_checkpoint
+
+    with user_errors():
+        params_dict = config.load_params(params)
+        config.dataset_spec(params_dict, dataset)
+        if checkpoint is None and variant is None:
+            raise MclrecError("give --variant (to use models/<dataset>/<variant>/seed<seed>/best.pt) or --checkpoint FILE")
+        if variant is not None and not variant.startswith("grid/"):
+            config.variant_spec(params_dict, variant)
+        if out is None and variant is None:
+            raise MclrecError("give --out FILE when exporting a checkpoint without --variant")
+        run_seed = params_dict["train"]["seed"] if seed is None else seed
+        if checkpoint is None:
+            checkpoint = paths.run_dir(dataset, variant, run_seed) / paths.RUN_BEST
+            if not checkpoint.is_file():
+                raise MclrecError(f"{checkpoint}: checkpoint not found; train it first "
+                                  f"(`mclrec train -d {dataset} -m {variant} --seed {run_seed}`) or give --checkpoint FILE")
+        if out is None:
+            out = Path("export/recbole") / dataset / (f"{variant}.pth" if seed is None else f"{variant}.seed{seed}.pth")
+        folder = data_dir or paths.processed_dir(dataset)
+        written = export_recbole_checkpoint(load_processed(folder), folder, checkpoint, out, dataset, variant)
+        dropped = f"; not exported: {', '.join(written['dropped'])}" if written["dropped"] else ""
+        err_console.print(f"{written['path']}: RecBole SASRec state dict from {checkpoint} (epoch {written['epoch']}), "
+                          f"item_embedding {written['rows']} rows in RecBole's item order{dropped}")
 
 
 workflow_app = typer.Typer(help="The workflow declarations (src/mclrec/pipeline.py): dvc.yaml and the job list.",

@@ -32,12 +32,7 @@ HEADER = """\
 
 def _item_fields(kind: str) -> dict[str, str]:
     """Every field of a kind's command and outputs as its ${item.x} reference."""
-    job = KINDS[kind]
-    names = set(job.wildcards())
-    for part in job.command:
-        names.update(pipeline.re.findall(r"{(\w+)}", part))
-    names.discard("threads")
-    return {name: "${item.%s}" % name for name in names}
+    return {name: "${item.%s}" % name for name in KINDS[kind].fields()}
 
 
 def _outputs(kind: str, y_metric: str | None = None) -> dict[str, list]:

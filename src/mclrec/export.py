@@ -6,16 +6,22 @@ For `benchmark_filename: [train, valid, test]` RecBole reads `<name>.train.inter
 target). Train rows are our training prefixes (every prefix of each user's training sequence, last max_len items),
 valid and test rows one per user. Ids are the original ids (tokens), so RecBole's own id mapping applies;
 `<name>.items.tsv` maps our item ids to them.
+
+export_recbole_checkpoint writes a trained encoder as a checkpoint RecBole's SASRec loads for that split, its
+item-embedding rows in RecBole's own item numbering (recbole_item_order).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from mclrec.data.processed import ProcessedData, padded_inputs, prefix_instances
+from mclrec.errors import MclrecError
 from mclrec.io import atomic_open
 
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
@@ -50,16 +56,25 @@ def _rows(inputs: np.ndarray, lengths: np.ndarray, targets: np.ndarray, users: n
     return lines
 
 
+def _labels(processed_dir: Path, table: str, key: str) -> np.ndarray:
+    """The original ids (as the string tokens the export writes) of users or items 1..N, in id order."""
+    frame = pq.read_table(Path(processed_dir) / f"{table}.parquet").to_pandas().sort_values(key)
+    return frame["original_id"].astype(str).to_numpy()
+
+
+def _split_instances(data: ProcessedData) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The rows of each exported file, in file order: (inputs, lengths, targets, users)."""
+    return {"train": prefix_instances(data.train, data.max_len), "valid": padded_inputs(data.valid, data.max_len),
+            "test": padded_inputs(data.test, data.max_len)}
+
+
 def export_recbole(data: ProcessedData, processed_dir: Path, name: str, out_dir: Path) -> list[Path]:
     """Write out_dir/<name>/<name>.{train,valid,test}.inter, <name>.items.tsv and recbole.yaml; return the paths."""
-    users = pq.read_table(Path(processed_dir) / "users.parquet").to_pandas().sort_values("user")
-    items = pq.read_table(Path(processed_dir) / "items.parquet").to_pandas().sort_values("item")
-    user_labels = users["original_id"].astype(str).to_numpy()
-    item_labels = items["original_id"].astype(str).to_numpy()
+    user_labels = _labels(processed_dir, "users", "user")
+    item_labels = _labels(processed_dir, "items", "item")
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": prefix_instances(data.train, data.max_len), "valid": padded_inputs(data.valid, data.max_len),
-              "test": padded_inputs(data.test, data.max_len)}
+    splits = _split_instances(data)
     written = []
     for split, (inputs, lengths, targets, owners) in splits.items():
         path = folder / f"{name}.{split}.inter"
@@ -75,3 +90,93 @@ def export_recbole(data: ProcessedData, processed_dir: Path, name: str, out_dir:
     with atomic_open(config, "w", encoding="utf-8") as fh:
         fh.write(RECBOLE_CONFIG.format(name=name, data_path=Path(out_dir).resolve(), max_len=data.max_len))
     return written + [mapping, config]
+
+
+# pandas.read_csv's default NA strings: RecBole reads the .inter files with pandas, which turns a token spelled like
+# one of these into NaN (a missing id), so RecBole's numbering would no longer follow the tokens.
+PANDAS_NA_TOKENS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                              "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+CHECKPOINT_FORMAT = "mclrec-recbole-sasrec"
+CHECKPOINT_VERSION = 1
+
+
+def recbole_item_order(data: ProcessedData) -> np.ndarray:
+    """Our item ids in the order RecBole 1.x numbers them when it loads the files export_recbole writes: RecBole's
+    item id k (1..n_items) is our item `order[k - 1]`; 0 is [PAD] for both.
+
+    RecBole (Dataset._remap_ID_all -> _remap, 1.2.1) numbers item_id and its alias item_id_list together, with
+    pd.factorize over: the item_id column of all rows (<name>.train.inter, .valid.inter, .test.inter concatenated in
+    that order), then the item_id_list column of the same rows (each list oldest first); an item's id is 1 + the
+    rank of its first appearance. This replicates that from the very instances export_recbole writes, so it needs
+    neither the files nor RecBole (tests/test_export_recbole_checkpoint.py checks it against the files, and
+    tests/fixtures/recbole-export/verify_in_recbole.py against RecBole 1.2.1 itself).
+    """
+    splits = _split_instances(data).values()
+    targets = [target for _, _, target, _ in splits]
+    inputs = [seq[np.arange(seq.shape[1])[None, :] < n[:, None]] for seq, n, _, _ in splits]  # row by row, in order
+    ids = np.concatenate(targets + inputs)
+    _, first = np.unique(ids, return_index=True)
+    order = ids[np.sort(first)]
+    if len(order) != data.n_items:
+        absent = np.setdiff1d(np.arange(1, data.n_items + 1), order)
+        raise MclrecError(f"{len(absent)} of {data.n_items} items (e.g. our ids {absent[:5].tolist()}) are in no "
+                          "exported row, so RecBole would not number them: the processed data is inconsistent")
+    return order
+
+
+def check_recbole_tokens(item_labels: np.ndarray, processed_dir: Path) -> None:
+    """Items RecBole can tell apart: distinct tokens, none that pandas reads as missing, no whitespace (RecBole
+    splits token_seq fields on spaces)."""
+    bad = [t for t in item_labels if t in PANDAS_NA_TOKENS or t != t.strip() or any(c.isspace() for c in t)]
+    if bad:
+        raise MclrecError(f"{Path(processed_dir) / 'items.parquet'}: original item ids {bad[:5]} cannot be RecBole "
+                          "tokens (pandas reads them as missing, or they hold whitespace)")
+    if len(set(item_labels)) != len(item_labels):
+        raise MclrecError(f"{Path(processed_dir) / 'items.parquet'}: original item ids are not distinct as strings")
+
+
+def export_recbole_checkpoint(data: ProcessedData, processed_dir: Path, checkpoint: Path, out: Path,
+                              dataset: str, variant: str | None = None) -> dict[str, Any]:
+    """Write `out`: a checkpoint RecBole 1.x's SASRec loads for the split export_recbole writes from the same
+    processed data (`torch.load(out)["state_dict"]` into `SASRec(config, dataset).load_state_dict`, or
+    `Trainer.evaluate(test_data, model_file=out)`); return what was written.
+
+    Item-embedding rows follow RecBole's own item numbering (recbole_item_order); `item_id_tokens` lists the
+    original ids by RecBole id ([PAD] first), which is RecBole's `dataset.field2id_token["item_id"]`. Only plain
+    values and tensors: it loads with torch.load(weights_only=True). No optimizer state, so RecBole's
+    Trainer.resume_checkpoint (which needs RecBole's optimizer) does not apply: fine-tune with a fresh optimizer.
+    """
+    import torch
+
+    from mclrec.evaluation.evaluate import load_encoder
+    from mclrec.models.recbole import recbole_sasrec_config, to_recbole_sasrec_state_dict
+
+    checkpoint = Path(checkpoint)
+    encoder, meta = load_encoder(checkpoint, "mclrec", data, torch.device("cpu"))
+    if encoder.max_len != data.max_len:
+        raise MclrecError(f"{checkpoint}: checkpoint has max_len={encoder.max_len}, the dataset "
+                          f"(MAX_ITEM_LIST_LENGTH of its RecBole export) has {data.max_len}")
+    item_labels = _labels(processed_dir, "items", "item")
+    check_recbole_tokens(item_labels, processed_dir)
+    order = recbole_item_order(data)
+    settings = meta["config"]
+    state = meta.get("state") or {}
+    payload = {
+        "state_dict": to_recbole_sasrec_state_dict(encoder, order),
+        "other_parameter": None,
+        "config": recbole_sasrec_config(settings, dataset),
+        "epoch": int(meta["epoch"]),
+        "cur_step": 0,
+        "best_valid_score": state.get("best_metric"),
+        "item_id_tokens": ["[PAD]"] + item_labels[order - 1].tolist(),
+        "mclrec": {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "dataset": dataset,
+                   "variant": variant, "source": str(checkpoint), "n_items": int(data.n_items),
+                   "recbole_to_mclrec_item": [0] + order.tolist(), "settings": settings,
+                   "mclrec_version": meta.get("mclrec_version")},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_open(out, "wb") as fh:
+        fh.write(buffer.getbuffer())
+    return {"path": Path(out), "n_items": int(data.n_items), "rows": int(data.n_items) + 1, "epoch": payload["epoch"],
+            "model": settings.get("model"), "dropped": sorted(set(meta["modules"]) - {"encoder"})}

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from mclrec import paths
 
@@ -60,6 +60,13 @@ class JobKind:
                 if name not in seen:
                     seen.append(name)
         return seen
+
+    def fields(self) -> list[str]:
+        """Every placeholder of the outputs and the command (wildcards first), `threads` excepted."""
+        names = self.wildcards()
+        for part in self.command:
+            names += [n for n in re.findall(r"{(\w+)}", part) if n not in names and n != "threads"]
+        return names
 
 
 def _fields(*parts: str) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ class RunConfig:
     initializer_range: float
     length_buckets: list[int]
     batch_views: bool
+    packed_tokens: bool
     # losses and augmentation
     loss: str
     lambda_cl1: float

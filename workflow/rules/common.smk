@@ -89,6 +89,12 @@ def train_settings(wildcards):
     return settings
 
 
+def train_threads(wildcards):
+    """A training's threads: the run's num_threads when set, else 2 (Snakemake caps them at --cores; the profile's
+    set-threads overrides them). The train command passes them to torch."""
+    return train_settings(wildcards)["num_threads"] or 2
+
+
 def evaluation(wildcards):
     """The evaluation behind a result name (<run>/seed<k>, or a single run: the run of seed train.seed)."""
     return pipeline.evaluation_of(wildcards.dataset, wildcards.result, config["train"]["seed"])

@@ -12,7 +12,7 @@ rule train:
         **pipeline.snakemake_outputs("train"),
     log:
         pipeline.snakemake_log("train"),
-    threads: 2
+    threads: train_threads
     resources:
         gpu_slots=gpu_jobs,
     params:

@@ -1,4 +1,5 @@
-"""Interop with RecBole checkpoints: read their encoder weights, build a SASRecEncoder, write them back."""
+"""Interop with RecBole checkpoints: read their encoder weights, build a SASRecEncoder, write them back (also in
+RecBole's own item order, for RecBole's SASRec on our exported split)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import pickle
 import re
 import types
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -189,3 +190,37 @@ def check_state_dict(encoder: SASRecEncoder, state_dict: dict[str, Tensor]) -> N
 def to_recbole_state_dict(encoder: SASRecEncoder) -> dict[str, Tensor]:
     """The encoder's weights under RecBole's names (detached copies), ready for {"state_dict": ...}."""
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def to_recbole_sasrec_state_dict(encoder: SASRecEncoder, item_order: Sequence[int]) -> dict[str, Tensor]:
+    """The encoder's weights as RecBole's SASRec holds them for a dataset RecBole numbers its own way.
+
+    `item_order[k - 1]` is our item id of RecBole's item id k (k = 1..n_items; a permutation of 1..n_items, see
+    mclrec.export.recbole_item_order). item_embedding gets RecBole's n_items + 1 rows: row 0 ([PAD]) is ours, row k
+    is our row item_order[k - 1]; our spare mask row (n_items + 1) is dropped, as RecBole's SASRec has none. Every
+    other weight is as to_recbole_state_dict gives it (detached copies under RecBole's names).
+    """
+    order = torch.as_tensor(list(item_order), dtype=torch.long)
+    n = encoder.n_items
+    if order.shape != (n,) or not torch.equal(torch.sort(order).values, torch.arange(1, n + 1)):
+        raise MclrecError(f"the RecBole item order must be a permutation of our items 1..{n}; got {len(order)} ids "
+                          f"({len(set(order.tolist()) & set(range(1, n + 1)))} distinct items of 1..{n})")
+    state = to_recbole_state_dict(encoder)
+    rows = torch.cat([torch.zeros(1, dtype=torch.long), order])
+    state["item_embedding.weight"] = state["item_embedding.weight"][rows].contiguous()
+    return state
+
+
+def recbole_sasrec_config(settings: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """RecBole's names and values for the SASRec settings of a run (`settings`: a checkpoint's resolved settings),
+    as plain values: what RecBole's SASRec reads from its Config, and what read_recbole_checkpoint checks the
+    weights against. `loss_type` only where RecBole's SASRec has the loss (ce: CE, bpr: BPR; bce has none)."""
+    config = {"model": "SASRec", "dataset": dataset, "n_layers": settings["n_layers"], "n_heads": settings["n_heads"],
+              "hidden_size": settings["hidden_size"], "inner_size": settings["inner_size"],
+              "hidden_dropout_prob": settings["hidden_dropout"], "attn_dropout_prob": settings["attn_dropout"],
+              "hidden_act": "gelu", "layer_norm_eps": settings["layer_norm_eps"],
+              "initializer_range": settings["initializer_range"], "MAX_ITEM_LIST_LENGTH": settings["max_len"]}
+    loss_type = {"ce": "CE", "bpr": "BPR"}.get(settings.get("loss", "ce"))
+    if loss_type is not None:
+        config["loss_type"] = loss_type
+    return config

@@ -20,6 +20,7 @@ from torch import Tensor
 from mclrec.models.augment import two_views
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode
+from mclrec.models.packed_encoding import encode_packed
 from mclrec.models.parts import ModelParts, build_parts, uses_augmenters  # noqa: F401 (build_parts: re-exported)
 from mclrec.run_config import RunConfig
 from mclrec.models.losses import bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
@@ -71,11 +72,12 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
     order in which dropout masks are drawn differs (masks are i.i.d., so the training process has the same law).
     """
     buckets = cfg.length_buckets
+    read_out = encode_packed if cfg.packed_tokens else encode
     if not cfg.batch_views or len(views) == 1:
-        return [encode(encoder, seq, lengths, buckets) for seq, lengths in views]
+        return [read_out(encoder, seq, lengths, buckets) for seq, lengths in views]
     width = max(seq.shape[1] for seq, _ in views)
     seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
-    h = encode(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets)
+    h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets)
     return list(h.split([len(seq) for seq, _ in views]))
 
 

@@ -1,0 +1,70 @@
+"""The packed-token read-out against the reference forward: same h_n with dropout 0, gradients, masked items."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mclrec.models.packed_encoding import encode_packed, pack
+
+from .test_models_encoder import make_encoder, naive_forward, random_batch, N_HEADS
+
+
+@pytest.mark.parametrize("buckets", [(), (4,), (3, 6, 9), (2, 4, 8, 16)])
+def test_packed_read_out_equals_the_reference_forward(buckets):
+    encoder = make_encoder(5)
+    seq, lengths = random_batch(7, batch=40)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_packed(encoder, seq, lengths, buckets), encoder(seq, lengths),
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_packed_read_out_matches_the_naive_reference():
+    encoder = make_encoder(6)
+    seq, lengths = random_batch(8, batch=10)
+    with torch.no_grad():
+        got = encode_packed(encoder, seq, lengths, (4, 8))
+    torch.testing.assert_close(got, naive_forward(encoder.state_dict(), seq, lengths, N_HEADS), atol=1e-5, rtol=1e-5)
+
+
+def test_masked_items_inside_a_row_and_a_query_with_no_visible_key():
+    encoder = make_encoder(3)
+    seq, lengths = random_batch(4, batch=12)
+    seq[:, 0] = 0  # the mask augmentation (mask_item: padding) can zero items inside a row, the first included
+    seq[3, : int(lengths[3])] = 0  # a row whose every item is masked: uniform attention, not NaN
+    with torch.no_grad():
+        got, reference = encode_packed(encoder, seq, lengths, (3, 6)), encoder(seq, lengths)
+    assert torch.isfinite(got).all()
+    # A read-out with no visible key attends (near-uniformly) to every slot of its group, as with length buckets;
+    # its value depends on how far the row is padded. Every other row is exact.
+    keep = torch.arange(len(seq)) != 3
+    torch.testing.assert_close(got[keep], reference[keep], atol=1e-6, rtol=1e-6)
+
+
+def test_packing_holds_each_real_token_once_in_row_order():
+    seq = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 0, 0]])
+    lengths = torch.tensor([3, 1, 2])
+    packing = pack(seq, lengths, (1, 2))
+    assert packing.tokens.tolist() == [5, 6, 7, 8, 1, 2]
+    assert packing.positions.tolist() == [0, 1, 2, 0, 0, 1]
+    assert packing.last.tolist() == [2, 3, 5]
+    assert sorted(int(r) for rows, _, _ in packing.groups for r in rows) == [0, 1, 2]
+    for rows, gather, _ in packing.groups:  # each group is padded only to its own longest row
+        assert gather.shape[1] == int(lengths[rows].max())
+
+
+def test_gradients_flow_to_every_item_of_the_batch():
+    encoder = make_encoder(7).train()
+    seq, lengths = random_batch(9, batch=30)
+    for module in encoder.modules():  # dropout 0: the packed and reference gradients are then the same
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    out = encode_packed(encoder, seq, lengths, (3, 6))
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    packed_grad = {n: p.grad.clone() for n, p in encoder.named_parameters()}
+    encoder.zero_grad()
+    (encoder(seq, lengths) * weights).sum().backward()
+    for name, param in encoder.named_parameters():
+        torch.testing.assert_close(packed_grad[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert packed_grad["item_embedding.weight"][seq.unique()[1:]].abs().sum(dim=1).min() > 0
