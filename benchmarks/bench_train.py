@@ -1,7 +1,8 @@
 """Training and full-ranking evaluation speed per variant, with FLOPs counted on real training steps.
 
 Usage: python benchmarks/bench_train.py --dataset beauty [--batches 20] [--device auto] [--naive] [--threads N]
-                                         [--set KEY=VALUE] [--variants ...] [--json FILE] [--profile VARIANT]
+                                         [--set KEY=VALUE] [--compare KEY=VALUE] [--variants ...] [--json FILE]
+                                         [--profile VARIANT]
 
 Each variant's settings resolve from params.yaml exactly as `mclrec train` resolves them, and the real code runs:
 the TrainingFeed builds the batches, the modules and optimisers are the trainer's, and `train_step` is timed.
@@ -11,7 +12,9 @@ batches per epoch. FLOPs per batch: torch.utils.flop_counter.FlopCounterMode aro
 product, forward and backward), averaged over `--flop-batches` batches. The share of peak is the achieved FLOP
 rate over this machine's float32 matrix-multiply rate (the fastest of ten 2048^3 products, measured at the start
 and end); the floor is the epoch time at that rate. Evaluation times `rank_all` over every test user once.
-`--naive` turns the exact speed-ups off (params.NAIVE_PATH) for every variant.
+`--naive` turns the exact speed-ups off (params.NAIVE_PATH) for every variant. `--compare KEY=VALUE` (repeatable)
+also times every variant with those settings added, as rows `<variant> [KEY=VALUE]`, in the same round-robin, so
+two settings are compared on the same machine in one run.
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dic
     lines.append("")
     ratio = summary.get("mclrec_sasrec_epoch_ratio")
     lines.append(f"mclrec/sasrec epoch ratio: {ratio:.2f}" if ratio else "mclrec/sasrec epoch ratio: n/a")
+    for variant, speedup in summary.get("speedup", {}).items():
+        lines.append(f"{variant}: epoch time / epoch time with the compared settings = {speedup:.2f}")
     lines.append(f"eval seconds ({evaluation['users']} users x {evaluation['items']} items): "
                  f"{evaluation['seconds']:.2f}" if evaluation else "eval seconds: n/a")
     return "\n".join(lines)
@@ -189,6 +194,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-eval", action="store_true", help="skip the full-ranking evaluation timing")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--profile", metavar="VARIANT", help="also print a torch.profiler table of this variant")
+    parser.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
+                        help="also time every variant with these settings (rows '<variant> [KEY=VALUE ...]')")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.batches < 1 or args.warmup < 0 or args.flop_batches < 1:
@@ -205,16 +212,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides.update(parse_overrides(args.overrides))
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    cfgs = [run_config(params, args.dataset, v, overrides) for v in args.variants]
+    cfgs = {v: run_config(params, args.dataset, v, overrides) for v in args.variants}
+    if args.compare:
+        label = " ".join(args.compare)
+        extra = {**overrides, **parse_overrides(args.compare)}
+        cfgs.update({f"{v} [{label}]": run_config(params, args.dataset, v, extra) for v in args.variants})
+    first = next(iter(cfgs.values()))
     device = resolve_device(args.device)
-    if args.threads or cfgs[0].num_threads:
-        torch.set_num_threads(args.threads or cfgs[0].num_threads)
+    if args.threads or first.num_threads:
+        torch.set_num_threads(args.threads or first.num_threads)
     data = load_processed(args.data_dir)
-    if data.max_len != cfgs[0].max_len:
-        raise SystemExit(f"{args.data_dir}: max_len {data.max_len} differs from params.yaml's {cfgs[0]['max_len']}")
+    if data.max_len != first.max_len:
+        raise SystemExit(f"{args.data_dir}: max_len {data.max_len} differs from params.yaml's {first.max_len}")
 
     peak = matmul_gflops(device, args.matmul_size)
-    runs = {cfg.variant: VariantRun(cfg, data, device) for cfg in cfgs}
+    runs = {name: VariantRun(cfg, data, device) for name, cfg in cfgs.items()}
     for run in runs.values():
         for _ in range(args.warmup):
             run.step()
@@ -230,15 +242,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"variant": name, "batch_s": batch_s, "batches_per_epoch": per_epoch, "epoch_s": batch_s * per_epoch,
                      "gflop_per_batch": flops / 1e9, "gflops": flops / batch_s / 1e9,
                      "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
-                     "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views})
+                     "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views,
+                     "packed_tokens": run.cfg.packed_tokens})
     evaluation = None if args.no_eval else bench_eval(runs.get("sasrec") or next(iter(runs.values())), data)
     by_name = {r["variant"]: r for r in rows}
     summary: dict[str, Any] = {"peak_rss_mib": peak_rss_mib()}
     if "sasrec" in by_name and "mclrec" in by_name:
         summary["mclrec_sasrec_epoch_ratio"] = by_name["mclrec"]["epoch_s"] / by_name["sasrec"]["epoch_s"]
         summary["mclrec_sasrec_flop_ratio"] = by_name["mclrec"]["gflop_per_batch"] / by_name["sasrec"]["gflop_per_batch"]
+    if args.compare:
+        summary["speedup"] = {v: by_name[v]["epoch_s"] / by_name[f"{v} [{label}]"]["epoch_s"] for v in args.variants}
     header = {**machine(device), "fp32_matmul_gflops": round(peak, 1), "dataset": args.dataset,
-              "batch_size": cfgs[0].batch_size, "path": "naive (speed-ups off)" if args.naive else "params.yaml",
+              "batch_size": first.batch_size, "path": "naive (speed-ups off)" if args.naive else "params.yaml",
               "batches_timed": args.batches, "peak_rss_mib": round(summary["peak_rss_mib"])}
     if args.profile in runs:  # after all timings, so the profiler's cost does not leak into them
         print(f"profile of {args.profile} (top ops by self time):\n{profile_variant(runs[args.profile], 3)}\n")

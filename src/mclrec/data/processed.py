@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mclrec.errors import DataError
+from mclrec.paths import PROCESSED_FILES
 
 SPLITS = ("train", "valid", "test")
-REQUIRED = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet", "users.parquet", "stats.json")
+REQUIRED = PROCESSED_FILES  # what a processed dataset folder holds (mclrec.paths: the one list)
 
 
 @dataclass
