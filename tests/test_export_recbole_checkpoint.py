@@ -7,6 +7,7 @@ item_id over all rows, then item_id_list), independently of mclrec.export.recbol
 RecBole 1.2.1 itself is fixtures/recbole-export/verify_in_recbole.py (run by hand in a side environment).
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,143 @@ def test_errors_name_the_file_and_both_values(run, tiny, tiny_dir, tmp_path, mon
     message = fails("-d", "synthetic", "--checkpoint", str(wrong), "--out", str(tmp_path / "x.pth"))
     assert str(wrong) in message and f"{tiny.n_items + 7} items" in message and f"has {tiny.n_items}" in message
     assert not (tmp_path / "x.pth").exists()
+
+
+# --- The reverse direction: a SASRec whose item rows are in RecBole's numbering of the exported files, read back ---
+
+
+def evaluate_cli(tiny_dir: Path, out: Path, *args: str) -> tuple[dict, np.ndarray, str]:
+    """`mclrec evaluate` on the tiny data (CPU, one noise ratio, length groups): its record, test ranks, messages."""
+    res = runner.invoke(app, ["evaluate", "-d", "synthetic", "--data-dir", str(tiny_dir), "--params", PARAMS,
+                              "--device", "cpu", "--noise", "0.2", "--groups", "--output", str(out), *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text()), np.load(out.with_suffix(".ranks.npy")), " ".join(res.output.split())
+
+
+def fails(*args: str) -> str:
+    res = runner.invoke(app, list(args))
+    assert res.exit_code != 0, res.output
+    return " ".join(res.output.split())
+
+
+def recommend_cli(tiny_dir: Path, out: Path, *args: str) -> pd.DataFrame:
+    """`mclrec recommend --all-users --k 10` on the tiny data, as a frame (user, rank, item, score)."""
+    res = runner.invoke(app, ["recommend", "-d", "synthetic", "--data-dir", str(tiny_dir), "--params", PARAMS,
+                              "--device", "cpu", "--all-users", "--k", "10", "--no-progress", "--output", str(out),
+                              *args])
+    assert res.exit_code == 0, res.output
+    return pd.read_csv(out, dtype={"user": str, "item": str})
+
+
+def recbole_like(pth: Path, out: Path, **config) -> Path:
+    """The exported file as RecBole itself would have saved a SASRec trained on the exported split: the same keys
+    and rows (RecBole's order), but no `item_id_tokens` and no `mclrec` entry; `config` entries added."""
+    ckpt = torch.load(pth, map_location="cpu", weights_only=True)
+    del ckpt["item_id_tokens"], ckpt["mclrec"]
+    ckpt["config"].update(config)
+    torch.save(ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ours(run, tiny_dir, tmp_path_factory) -> tuple[dict, np.ndarray]:
+    """Our own evaluation of the trained checkpoint: (record, test ranks)."""
+    record, ranks, _ = evaluate_cli(tiny_dir, tmp_path_factory.mktemp("ours") / "ours.json", "--checkpoint",
+                                    str(run / "best.pt"))
+    return record, ranks
+
+
+def same_results(theirs: dict, ours: dict) -> bool:
+    return all(theirs[key] == ours[key] for key in ("metrics", "noise", "groups"))
+
+
+def test_item_order_recbole_export_reads_a_recbole_trained_file_as_ours(exported, ours, tiny_dir, tmp_path):
+    _, pth = exported
+    bare = recbole_like(pth, tmp_path / "bare.pth")
+    assert "item_id_tokens" not in torch.load(bare, weights_only=True)
+    rb = ["--checkpoint", str(bare), "--checkpoint-format", "recbole"]
+    theirs, ranks, said = evaluate_cli(tiny_dir, tmp_path / "export.json", *rb, "--item-order", "recbole-export")
+    assert same_results(theirs, ours[0]) and np.array_equal(ranks, ours[1])  # exactly: every metric, every rank
+    assert theirs["config"]["item_order"] == "recbole-export" and "by --item-order recbole-export" in said
+
+    unmoved, unmoved_ranks, said = evaluate_cli(tiny_dir, tmp_path / "dataset.json", *rb, "--item-order", "dataset")
+    assert unmoved["config"]["item_order"] == "dataset" and "moved" not in said
+    assert not np.array_equal(unmoved_ranks, ours[1])  # the option matters: rows taken as ours rank other items
+    assert unmoved["metrics"]["test"]["HR@10"] < ours[0]["metrics"]["test"]["HR@10"] / 2
+    default, default_ranks, _ = evaluate_cli(tiny_dir, tmp_path / "default.json", *rb)  # no hint in the file
+    assert default["metrics"] == unmoved["metrics"] and np.array_equal(default_ranks, unmoved_ranks)
+
+
+def test_recommend_with_item_order_recbole_export_gives_our_top_k(run, exported, tiny_dir, tmp_path):
+    _, pth = exported
+    bare = recbole_like(pth, tmp_path / "bare.pth")
+    mine = recommend_cli(tiny_dir, tmp_path / "ours.csv", "--checkpoint", str(run / "best.pt"))
+    rb = ["--checkpoint", str(bare), "--checkpoint-format", "recbole"]
+    theirs = recommend_cli(tiny_dir, tmp_path / "export.csv", *rb, "--item-order", "recbole-export")
+    assert theirs[["user", "rank", "item"]].equals(mine[["user", "rank", "item"]])
+    assert np.allclose(theirs["score"], mine["score"], atol=1e-5)
+    unmoved = recommend_cli(tiny_dir, tmp_path / "dataset.csv", *rb, "--item-order", "dataset")
+    assert (unmoved["item"] != mine["item"]).mean() > 0.5
+    tokens = recommend_cli(tiny_dir, tmp_path / "tokens.csv", "--checkpoint", str(pth), "--checkpoint-format",
+                           "recbole")  # item_id_tokens used by themselves
+    assert tokens[["user", "rank", "item"]].equals(mine[["user", "rank", "item"]])
+
+
+def test_item_id_tokens_are_used_by_themselves_and_checked(exported, ours, tiny, tiny_dir, tmp_path):
+    _, pth = exported
+    rb = ["--checkpoint-format", "recbole"]
+    theirs, ranks, said = evaluate_cli(tiny_dir, tmp_path / "tokens.json", "--checkpoint", str(pth), *rb)
+    assert same_results(theirs, ours[0]) and np.array_equal(ranks, ours[1])
+    assert theirs["config"]["item_order"] == "item_id_tokens" and "by the file's item_id_tokens" in said
+    agreeing, _, _ = evaluate_cli(tiny_dir, tmp_path / "agree.json", "--checkpoint", str(pth), *rb, "--item-order",
+                                  "recbole-export")  # an order that agrees with the file's list is fine
+    assert agreeing["metrics"] == ours[0]["metrics"]
+
+    base = ["evaluate", "-d", "synthetic", "--data-dir", str(tiny_dir), "--params", PARAMS, "--device", "cpu",
+            "--output", str(tmp_path / "x.json"), *rb]
+    written = torch.load(pth, weights_only=True)
+    tokens, rows = written["item_id_tokens"], written["mclrec"]["recbole_to_mclrec_item"]
+    first = next(k for k in range(1, len(rows)) if rows[k] != k)  # the first row that is not our item of its number
+    message = fails(*base, "--checkpoint", str(pth), "--item-order", "dataset")
+    assert str(pth) in message and "contradict --item-order dataset" in message
+    assert f"row {first} holds item {tokens[first]!r}" in message
+
+    def tampered(name: str, change) -> str:
+        ckpt = torch.load(pth, weights_only=True)
+        change(ckpt["item_id_tokens"])
+        torch.save(ckpt, tmp_path / name)
+        return fails(*base, "--checkpoint", str(tmp_path / name))
+
+    message = tampered("unknown.pth", lambda t: t.__setitem__(3, "no-such-item"))
+    assert str(tmp_path / "unknown.pth") in message and "row 3: 'no-such-item'" in message
+    message = tampered("twice.pth", lambda t: t.__setitem__(5, t[2]))
+    assert str(tmp_path / "twice.pth") in message and f"lists {tokens[2]!r} twice (rows 2 and 5)" in message
+    message = tampered("short.pth", lambda t: t.pop())
+    assert f"lists {tiny.n_items - 1} items, the dataset has {tiny.n_items}" in message
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_recbole_config_of_the_exported_files_must_say_its_item_order(exported, ours, run, tiny_dir, tmp_path):
+    _, pth = exported
+    hinted = recbole_like(pth, tmp_path / "hinted.pth", benchmark_filename=["train", "valid", "test"],
+                          data_path=str(tmp_path))  # what RecBole 1.x pickles after training on the export
+    base = ["evaluate", "-d", "synthetic", "--data-dir", str(tiny_dir), "--params", PARAMS, "--device", "cpu",
+            "--output", str(tmp_path / "x.json"), "--checkpoint-format", "recbole"]
+    message = fails(*base, "--checkpoint", str(hinted))
+    assert str(hinted) in message and "benchmark_filename ['train', 'valid', 'test']" in message
+    assert "--item-order recbole-export" in message and "--item-order dataset" in message
+    message = fails("recommend", "-d", "synthetic", "--data-dir", str(tiny_dir), "--params", PARAMS, "--device", "cpu",
+                    "--all-users", "--checkpoint", str(hinted), "--checkpoint-format", "recbole")
+    assert "Say which numbering they use" in message
+    theirs, ranks, _ = evaluate_cli(tiny_dir, tmp_path / "hinted.json", "--checkpoint", str(hinted),
+                                    "--checkpoint-format", "recbole", "--item-order", "recbole-export")
+    assert same_results(theirs, ours[0]) and np.array_equal(ranks, ours[1])
+
+    own_split = recbole_like(pth, tmp_path / "own-split.pth", benchmark_filename=None)  # RecBole split a .inter file
+    message = fails(*base, "--checkpoint", str(own_split), "--item-order", "recbole-export")
+    assert str(own_split) in message and "benchmark_filename None" in message
+    message = fails(*base, "--checkpoint", str(run / "best.pt"), "--checkpoint-format", "mclrec", "--item-order",
+                    "recbole-export")
+    assert "applies to RecBole checkpoints" in message
+    message = fails(*base, "--checkpoint", str(pth), "--item-order", "ours")  # a closed choice: the CLI lists them
+    assert "'ours'" in message and "'dataset', 'recbole-export'" in message

@@ -28,6 +28,21 @@ class CheckpointFormat(str, Enum):
     recbole = "recbole"
 
 
+class ItemOrder(str, Enum):
+    """How a RecBole file's item-embedding rows are numbered."""
+
+    dataset = "dataset"
+    recbole_export = "recbole-export"
+
+
+ItemOrderOpt = typer.Option(
+    None, "--item-order",
+    help="Item numbering of a RecBole file's rows: dataset (our item ids; the published checkpoint) or "
+         "recbole-export (RecBole's own numbering of `mclrec export recbole`'s files: a SASRec RecBole trained "
+         "on them). Default dataset; a file that lists its items (item_id_tokens) is read by that list; a "
+         "RecBole 1.x file whose config says benchmark_filename train, valid, test must say.")
+
+
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"mclrec {__version__}")
@@ -214,6 +229,7 @@ def evaluate(
     ),
     n_heads: Optional[int] = typer.Option(None, "--n-heads", min=1,
                                           help="Attention heads of a RecBole file without a pickled config."),
+    item_order: Optional[ItemOrder] = ItemOrderOpt,
     params: Path = ParamsOpt,
     output: Optional[Path] = typer.Option(
         None, help="Results JSON (default results/<dataset>/<variant>.json, or .../<variant>/seed<k>.json with --seed)."),
@@ -247,14 +263,25 @@ def evaluate(
         ckpt = checkpoint or paths.run_dir(dataset, variant, run_seed) / paths.RUN_BEST
         if output is None and variant is None:
             raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
-        data = load_processed(data_dir or paths.processed_dir(dataset))
+        folder = data_dir or paths.processed_dir(dataset)
+        data = load_processed(folder)
         settings = params_dict["evaluate"]
         ratios = tuple(r for r in (noise or settings["noise"]) if r > 0)  # --noise 0 alone: no noise
         checkpoint_format = CheckpointFormat(checkpoint_format).value
+        item_labels = None
+        if checkpoint_format == "recbole":
+            from mclrec.recommend import Catalogue
+
+            item_labels = Catalogue.load(folder).item_labels
         record, ranks = evaluate_run(
             dataset, data, ckpt, checkpoint_format, device, batch_size or settings["batch_size"],
             tuple(settings["ks"]), ratios, settings["groups"] if groups is None else groups,
-            settings["noise_seed"] if noise_seed is None else noise_seed, variant, n_heads)
+            settings["noise_seed"] if noise_seed is None else noise_seed, variant, n_heads,
+            item_order and ItemOrder(item_order).value, item_labels)
+        if checkpoint_format == "recbole" and record["config"].get("item_order") != "dataset":
+            how = record["config"]["item_order"]
+            err_console.print(f"{ckpt}: item rows moved to our item ids by " + (
+                "the file's item_id_tokens" if how == "item_id_tokens" else f"--item-order {how}"))
         if published is not None:
             record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
         single = seed is None or checkpoint is not None
@@ -288,6 +315,7 @@ def recommend(
     published: Optional[str] = typer.Option(None, help="A published checkpoint declared in params.yaml."),
     n_heads: Optional[int] = typer.Option(None, "--n-heads", min=1,
                                           help="Attention heads of a RecBole file without a pickled config."),
+    item_order: Optional[ItemOrder] = ItemOrderOpt,
     user: list[str] = typer.Option([], "--user", "-u", help="A user's original id (repeatable)."),
     users_file: Optional[Path] = typer.Option(None, help="A file of original user ids, one per line."),
     all_users: bool = typer.Option(False, "--all-users", help="Every user of the dataset."),
@@ -330,7 +358,12 @@ def recommend(
         folder = data_dir or paths.processed_dir(dataset)
         data, catalogue = load_processed(folder), Catalogue.load(folder)
         dev = resolve_device(device)
-        encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads)
+        encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads, item_order and ItemOrder(item_order).value,
+                                     catalogue.item_labels)
+        if fmt == "recbole" and meta["config"].get("item_order") != "dataset":
+            how = meta["config"]["item_order"]
+            err_console.print(f"{checkpoint}: item rows moved to our item ids by " + (
+                "the file's item_id_tokens" if how == "item_id_tokens" else f"--item-order {how}"))
         buckets = meta["config"].get("length_buckets") or DEFAULT_BUCKETS
         if items is not None:
             frame = recommend_sequence(encoder, data, catalogue, [x.strip() for x in items.split(",") if x.strip()],

@@ -8,7 +8,9 @@ valid and test rows one per user. Ids are the original ids (tokens), so RecBole'
 `<name>.items.tsv` maps our item ids to them.
 
 export_recbole_checkpoint writes a trained encoder as a checkpoint RecBole's SASRec loads for that split, its
-item-embedding rows in RecBole's own item numbering (recbole_item_order).
+item-embedding rows in RecBole's own item numbering (recbole_item_order). The reverse direction, a SASRec RecBole
+trained on the exported files read by `mclrec evaluate`/`recommend`, is `--item-order recbole-export`
+(mclrec.evaluation.evaluate.recbole_item_rows), which uses recbole_item_order too.
 """
 
 from __future__ import annotations
@@ -142,17 +144,25 @@ def export_recbole_checkpoint(data: ProcessedData, processed_dir: Path, checkpoi
     `Trainer.evaluate(test_data, model_file=out)`); return what was written.
 
     Item-embedding rows follow RecBole's own item numbering (recbole_item_order); `item_id_tokens` lists the
-    original ids by RecBole id ([PAD] first), which is RecBole's `dataset.field2id_token["item_id"]`. Only plain
+    original ids by RecBole id ([PAD] first), which is RecBole's `dataset.field2id_token["item_id"]`; `mclrec
+    evaluate --checkpoint-format recbole` reads the rows back into our ids by it. Only plain
     values and tensors: it loads with torch.load(weights_only=True). No optimizer state, so RecBole's
     Trainer.resume_checkpoint (which needs RecBole's optimizer) does not apply: fine-tune with a fresh optimizer.
     """
     import torch
 
-    from mclrec.evaluation.evaluate import load_encoder
+    from mclrec.checkpoint import load_checkpoint
+    from mclrec.models.parts import build_parts
     from mclrec.models.recbole import recbole_sasrec_config, to_recbole_sasrec_state_dict
 
     checkpoint = Path(checkpoint)
-    encoder, meta = load_encoder(checkpoint, "mclrec", data, torch.device("cpu"))
+    meta = load_checkpoint(checkpoint)  # not evaluate.load_encoder: evaluation reads these files back (no circle)
+    if meta["n_items"] != data.n_items:
+        raise MclrecError(f"{checkpoint}: checkpoint was trained with {meta['n_items']} items, "
+                          f"but the dataset has {data.n_items} (checkpoint from another dataset?)")
+    encoder = build_parts(meta["config"], meta["n_items"]).encoder
+    encoder.load_state_dict(meta["modules"]["encoder"])
+    encoder.eval()
     if encoder.max_len != data.max_len:
         raise MclrecError(f"{checkpoint}: checkpoint has max_len={encoder.max_len}, the dataset "
                           f"(MAX_ITEM_LIST_LENGTH of its RecBole export) has {data.max_len}")

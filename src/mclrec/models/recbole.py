@@ -1,5 +1,6 @@
 """Interop with RecBole checkpoints: read their encoder weights, build a SASRecEncoder, write them back (also in
-RecBole's own item order, for RecBole's SASRec on our exported split)."""
+RecBole's own item order, for RecBole's SASRec on our exported split), and read rows kept in RecBole's item order
+back into ours (item_order)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import pickle
 import re
 import types
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -77,10 +79,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
 _restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load, __name__="restricted")
 
 
-def read_recbole_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """A RecBole checkpoint's encoder weights and its settings (RecBole 1.x pickles its Config object; files without
-    one give {}), read without importing RecBole and without running code from the file: every pickled class other
-    than tensors and plain containers becomes an inert Placeholder."""
+@dataclass(frozen=True)
+class RecBoleFile:
+    """What a RecBole checkpoint holds that we use: its encoder weights, its settings ({} without a pickled config)
+    and, where the file lists them, the original item ids of its item-embedding rows ([PAD] first): the
+    `item_id_tokens` that `mclrec export recbole-checkpoint` writes; real RecBole files carry none."""
+
+    path: str
+    state_dict: dict[str, Tensor]
+    settings: dict[str, Any]
+    item_id_tokens: list[str] | None = None
+
+
+def read_recbole_file(path: str | os.PathLike) -> RecBoleFile:
+    """A RecBole checkpoint read without importing RecBole and without running code from the file: every pickled
+    class other than tensors and plain containers becomes an inert Placeholder."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except FileNotFoundError as err:
@@ -90,7 +103,19 @@ def read_recbole_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor],
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise MclrecError(f"{path}: expected a RecBole checkpoint dict with a 'state_dict' key, found {found}")
-    return encoder_keys(checkpoint["state_dict"]), _settings(checkpoint.get("config"))
+    tokens = checkpoint.get("item_id_tokens")
+    if tokens is not None and not (isinstance(tokens, (list, tuple)) and all(isinstance(t, str) for t in tokens)):
+        raise MclrecError(f"{path}: item_id_tokens must be a list of original item ids (strings), "
+                          f"found {type(tokens).__name__}")
+    return RecBoleFile(str(path), encoder_keys(checkpoint["state_dict"]), _settings(checkpoint.get("config")),
+                       None if tokens is None else list(tokens))
+
+
+def read_recbole_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A RecBole checkpoint's encoder weights and its settings (RecBole 1.x pickles its Config object; files without
+    one give {}), read as read_recbole_file reads them."""
+    file = read_recbole_file(path)
+    return file.state_dict, file.settings
 
 
 def _settings(config: Any) -> dict[str, Any]:
@@ -110,14 +135,19 @@ RECBOLE_SETTINGS = {"n_layers": "n_layers", "n_heads": "n_heads", "hidden_size":
                     "inner_size": "inner_size", "MAX_ITEM_LIST_LENGTH": "max_len", "layer_norm_eps": "layer_norm_eps"}
 
 
-def encoder_from_recbole_file(path: str | os.PathLike, n_items: int, n_heads: int | None = None) -> SASRecEncoder:
-    """The SASRecEncoder of a RecBole checkpoint for a dataset of `n_items` items.
+def encoder_from_recbole_file(path: str | os.PathLike | RecBoleFile, n_items: int, n_heads: int | None = None,
+                              item_order: Sequence[int] | None = None) -> SASRecEncoder:
+    """The SASRecEncoder of a RecBole checkpoint (a path, or a file read_recbole_file has read) for a dataset of
+    `n_items` items.
 
     Sizes come from the weights' shapes and are checked against the pickled config when there is one; `n_heads`
     (not visible in the shapes) comes from the config, else from the `n_heads` argument, else it is an error.
     Both embedding layouts load: RecBole's SASRec (n_items + 1 rows) and the MCLRec fork (n_items + 2).
+    `item_order`: the file's item rows are in another numbering, file row k holding our item `item_order[k - 1]`
+    (see recbole_rows_to_ours); None: they are in our item ids already.
     """
-    state_dict, settings = read_recbole_checkpoint(path)
+    file = path if isinstance(path, RecBoleFile) else read_recbole_file(path)
+    path, state_dict, settings = file.path, file.state_dict, file.settings
     if settings.get("hidden_act", "gelu") != "gelu":
         raise MclrecError(f"{path}: hidden_act is {settings['hidden_act']!r}; only gelu (SASRec's) is supported")
     heads = settings.get("n_heads")
@@ -135,6 +165,11 @@ def encoder_from_recbole_file(path: str | os.PathLike, n_items: int, n_heads: in
     for key, ours in RECBOLE_SETTINGS.items():
         if key in settings and settings[key] != built[ours]:
             raise MclrecError(f"{path}: the config says {key}={settings[key]} but the weights give {built[ours]}")
+    if item_order is not None:
+        if len(item_order) != n_items:
+            raise MclrecError(f"{path}: an item order of {len(item_order)} items for a dataset of {n_items}")
+        with torch.no_grad():
+            encoder.item_embedding.weight.copy_(recbole_rows_to_ours(encoder.item_embedding.weight, item_order))
     return encoder
 
 
@@ -192,6 +227,15 @@ def to_recbole_state_dict(encoder: SASRecEncoder) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
 
 
+def _item_order_tensor(item_order: Sequence[int], n: int) -> Tensor:
+    """`item_order` as a tensor, checked to be a permutation of our items 1..n."""
+    order = torch.as_tensor(list(item_order) if not isinstance(item_order, Tensor) else item_order, dtype=torch.long)
+    if order.shape != (n,) or not torch.equal(torch.sort(order).values, torch.arange(1, n + 1)):
+        raise MclrecError(f"the RecBole item order must be a permutation of our items 1..{n}; got {len(order)} ids "
+                          f"({len(set(order.tolist()) & set(range(1, n + 1)))} distinct items of 1..{n})")
+    return order
+
+
 def to_recbole_sasrec_state_dict(encoder: SASRecEncoder, item_order: Sequence[int]) -> dict[str, Tensor]:
     """The encoder's weights as RecBole's SASRec holds them for a dataset RecBole numbers its own way.
 
@@ -200,15 +244,49 @@ def to_recbole_sasrec_state_dict(encoder: SASRecEncoder, item_order: Sequence[in
     is our row item_order[k - 1]; our spare mask row (n_items + 1) is dropped, as RecBole's SASRec has none. Every
     other weight is as to_recbole_state_dict gives it (detached copies under RecBole's names).
     """
-    order = torch.as_tensor(list(item_order), dtype=torch.long)
-    n = encoder.n_items
-    if order.shape != (n,) or not torch.equal(torch.sort(order).values, torch.arange(1, n + 1)):
-        raise MclrecError(f"the RecBole item order must be a permutation of our items 1..{n}; got {len(order)} ids "
-                          f"({len(set(order.tolist()) & set(range(1, n + 1)))} distinct items of 1..{n})")
+    order = _item_order_tensor(item_order, encoder.n_items)
     state = to_recbole_state_dict(encoder)
     rows = torch.cat([torch.zeros(1, dtype=torch.long), order])
     state["item_embedding.weight"] = state["item_embedding.weight"][rows].contiguous()
     return state
+
+
+def recbole_rows_to_ours(weight: Tensor, item_order: Sequence[int]) -> Tensor:
+    """An item-embedding matrix whose rows 1..n are in another numbering (row k holds our item `item_order[k - 1]`),
+    with those rows moved to our item ids: the inverse of to_recbole_sasrec_state_dict's row order. Row 0 ([PAD])
+    and any row after n (the MCLRec fork's spare row) stay where they are."""
+    n = len(item_order)
+    if weight.shape[0] < n + 1:
+        raise MclrecError(f"item_embedding.weight has {weight.shape[0]} rows, too few for {n} items and [PAD]")
+    order = _item_order_tensor(item_order, n).to(weight.device)
+    ours = weight.detach().clone()
+    ours[order] = weight.detach()[1 : n + 1]
+    return ours
+
+
+def item_order_from_tokens(tokens: Sequence[str], item_labels: Sequence[str], path: str | os.PathLike) -> list[int]:
+    """Our item ids of a file's item rows 1..n from the original ids it lists for its rows (`item_id_tokens`, [PAD]
+    first; RecBole's `field2id_token["item_id"]`), checked against the dataset's items (`item_labels[i - 1]`: the
+    original id of our item i). Errors name the file and the first ids that do not fit."""
+    n = len(item_labels)
+    if not tokens or tokens[0] != "[PAD]":
+        raise MclrecError(f"{path}: item_id_tokens must start with '[PAD]' (RecBole's id 0), "
+                          f"found {tokens[0] if tokens else 'nothing'!r}")
+    if len(tokens) != n + 1:
+        raise MclrecError(f"{path}: item_id_tokens lists {len(tokens) - 1} items, the dataset has {n}: "
+                          "a checkpoint of another dataset?")
+    ours = {str(label): i for i, label in enumerate(item_labels, start=1)}
+    unknown = [(k, t) for k, t in enumerate(tokens[1:], start=1) if t not in ours]
+    if unknown:
+        shown = ", ".join(f"row {k}: {t!r}" for k, t in unknown[:5])
+        raise MclrecError(f"{path}: item_id_tokens names {len(unknown)} item(s) the dataset does not have ({shown}): "
+                          "a checkpoint of another dataset, or of another preprocessing of it?")
+    seen: dict[str, int] = {}
+    for k, t in enumerate(tokens[1:], start=1):
+        if t in seen:
+            raise MclrecError(f"{path}: item_id_tokens lists {t!r} twice (rows {seen[t]} and {k})")
+        seen[t] = k
+    return [ours[t] for t in tokens[1:]]
 
 
 def recbole_sasrec_config(settings: Mapping[str, Any], dataset: str) -> dict[str, Any]:
