@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = load_params(args.params)
     overrides: dict[str, Any] = dict(NAIVE_PATH) if args.naive else {}
     overrides.update(parse_overrides(args.overrides))
+    overrides.setdefault("device", args.device)  # `length_buckets: auto` resolves for the benchmarked device
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     cfgs = {v: run_config(params, args.dataset, v, overrides) for v in args.variants}

@@ -29,10 +29,11 @@ mclrec preprocess "$dataset"
 if [ "${BENCH:-1}" != 0 ]; then
     python3 benchmarks/bench_train.py --dataset "$dataset" --device "$device" --batches "$batches" --warmup 5 \
         --json "$out/bench-$device.json" | tee "$out/bench-$device.md"
-    # length buckets cost host syncs (.tolist()) per encoder call: do they still pay on this device?
+    # length buckets cost host syncs (.tolist()) per encoder call, so `auto` turns them off on CUDA: do they pay on
+    # this device? Both settings timed round-robin in one run.
     python3 benchmarks/bench_train.py --dataset "$dataset" --device "$device" --batches "$batches" --warmup 5 \
-        --variants sasrec mclrec --set 'length_buckets=[]' --no-eval --json "$out/bench-$device-nobuckets.json" \
-        | tail -n 4 | tee "$out/bench-$device-nobuckets.md"
+        --variants sasrec mclrec --set 'length_buckets=[]' --compare 'length_buckets=[8,16,32]' --no-eval \
+        --json "$out/bench-$device-buckets.json" | tail -n 8 | tee "$out/bench-$device-buckets.md"
 fi
 
 : > "$out/gpu-util.csv"

@@ -43,7 +43,7 @@ def run_cfg(params):
     """Resolved settings for a variant on the tiny dataset, CPU, small batches; extra overrides as kwargs."""
 
     def make(variant: str, **overrides) -> config.RunConfig:
-        cfg = config.run_config(params, "synthetic", variant)
+        cfg = config.run_config(params, "synthetic", variant, {"device": "cpu"})  # length_buckets auto: the CPU's
         return cfg.replace(**{"device": "cpu", "batch_size": 64, "eval_batch_size": 256, "max_len": 20, "max_epochs": 2,
                               **overrides})
 

@@ -228,8 +228,15 @@ def _validate_settings(settings: dict, source: str) -> None:
 
 
 def run_config(params: dict, dataset: str, variant: str, overrides: dict | None = None) -> RunConfig:
-    """resolve_run as a typed, frozen RunConfig (what training reads)."""
-    return RunConfig.of(resolve_run(params, dataset, variant, overrides))
+    """resolve_run as a typed, frozen RunConfig (what training reads), `auto` settings resolved for the run device.
+
+    resolve_run keeps `length_buckets: auto` as written: Snakemake reads those settings (a rule's params) while
+    parsing, on whichever machine it runs, and they must not change with that machine's GPU.
+    """
+    from mclrec.device import resolve_device  # imports torch, which parsing the workflow does not need
+
+    cfg = RunConfig.of(resolve_run(params, dataset, variant, overrides))
+    return cfg.on_device(resolve_device(cfg.device).type)
 
 
 def resolve_run(params: dict, dataset: str, variant: str, overrides: dict | None = None) -> dict[str, Any]:

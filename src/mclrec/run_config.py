@@ -15,6 +15,17 @@ from mclrec.errors import ConfigError
 
 IDENTITY = ("dataset", "variant", "model", "max_len")  # set by resolve_run, not by the settings schema
 FROM_EVALUATE = ("eval_batch_size",)  # params.yaml evaluate.batch_size: validation during training chunks by it
+AUTO = "auto"
+# What `length_buckets: auto` means off CUDA. Grouping rows by length saves the CPU most of the padded work; on CUDA
+# each group costs a host sync (its size must reach the host to slice it) and small kernels, so auto is [] there.
+CPU_LENGTH_BUCKETS = (8, 16, 32)
+
+
+def length_buckets_for(setting: list[int] | str, device_type: str) -> list[int]:
+    """The length buckets a run on `device_type` ('cpu', 'cuda') encodes with: the setting, or what `auto` means there."""
+    if setting != AUTO:
+        return list(setting)
+    return [] if device_type == "cuda" else list(CPU_LENGTH_BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ class RunConfig:
     attn_dropout: float
     layer_norm_eps: float
     initializer_range: float
-    length_buckets: list[int]
+    length_buckets: list[int] | str  # a list, or `auto` until on_device resolves it
     batch_views: bool
     packed_tokens: bool
     # losses and augmentation
@@ -88,3 +99,8 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some settings changed."""
         return dataclasses.replace(self, **changes)
+
+    def on_device(self, device_type: str) -> "RunConfig":
+        """These settings for a run on `device_type`: `length_buckets: auto` becomes the list used there (what a
+        run's checkpoints store, so evaluating or resuming it encodes as it was trained)."""
+        return self.replace(length_buckets=length_buckets_for(self.length_buckets, device_type))

@@ -21,11 +21,17 @@ class Instances:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def rows(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Rows `index`, padding trimmed to the longest of them (exact: right padding, causal attention)."""
+    def rows(self, index: Tensor, trim: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows `index`, padding trimmed to the longest of them (exact: right padding, causal attention).
+
+        trim=False keeps the full width L: reading the longest length is a host sync, which a CUDA training step
+        avoids (feed.sync_free); the encoder computes the same function of a row either way.
+        """
         lengths = self.lengths[index]
-        width = int(lengths.max())
         targets = self.targets[index]
+        if not trim:
+            return self.seq[index], lengths, targets
+        width = int(lengths.max())
         return self.seq[index, :width], lengths, targets[:, :width] if targets.dim() == 2 else targets
 
 

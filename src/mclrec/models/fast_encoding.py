@@ -5,7 +5,8 @@
 - `length_buckets` (e.g. (8, 16, 32)) encode a batch in groups of rows by length, each group padded only to its
   own longest row, and put the rows back in order. With right padding and causal attention a row's result does
   not depend on how far it is padded, so the outputs are those of one fully padded call. With dropout the masks
-  are drawn per group, so training follows the same law with other draws.
+  are drawn per group, so training follows the same law with other draws. Without buckets nothing here reads a
+  device value on the host, so a CUDA step (length_buckets: auto is [] there) never waits for the GPU.
 
 tests/test_models_encoder.py checks both against SASRecEncoder.forward; tests/test_optimised_paths.py checks
 whole training runs against the fully padded path.
@@ -32,8 +33,11 @@ def encode(encoder: SASRecEncoder, item_seq: Tensor, lengths: Tensor, length_buc
     n_buckets = len(buckets) + 1
     counts = torch.bincount(bucket, minlength=n_buckets)
     widths = torch.zeros(n_buckets, dtype=lengths.dtype, device=lengths.device).scatter_reduce(0, bucket, lengths, "amax")
+    # the groups' sizes and widths shape the slices, so they must reach the host: one read (a sync on CUDA, which
+    # is why `length_buckets: auto` is off there)
+    counts, widths = torch.stack([counts, widths]).tolist()
     pieces = [encode_last(encoder, item_seq[rows, :width], lengths[rows])
-              for rows, width in zip(order.split(counts.tolist()), widths.tolist()) if rows.numel()]
+              for rows, width in zip(order.split(counts), widths) if rows.numel()]
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return torch.cat(pieces)[inverse]

@@ -19,24 +19,44 @@ from mclrec.training.batches import SameTargetIndex, SeenItems, batch_indices
 from mclrec.training.objectives import Batch, make_batch, mask_id
 
 
+def sync_free(device: torch.device | str) -> bool:
+    """Whether a training step on `device` runs without host syncs: on CUDA, where every read of a device value
+    (int(t), bool(t), t.tolist()) stalls the host until the GPU has caught up, and the launch queue runs dry.
+
+    The CPU has nothing to wait for and keeps its exact path (batch-width trimming, a check of every loss before
+    its update), so its numbers and logs stay those of earlier versions.
+    """
+    return torch.device(device).type == "cuda"
+
+
 @dataclass
 class TrainingFeed:
-    """A run's training rows on the device and the indexes its batches need."""
+    """A run's training rows on the device and the indexes its batches need.
+
+    trim: cut each batch's padding to its longest row (the CPU); sync-free feeds keep the full width max_len.
+    """
 
     cfg: RunConfig
     instances: Instances
     same_target: Optional[SameTargetIndex]
     seen: Optional[SeenItems]
     masked_id: int
+    trim: bool = True
 
     @classmethod
-    def build(cls, cfg: RunConfig, data: ProcessedData, device: torch.device) -> "TrainingFeed":
-        """Instances and indexes for `cfg` (prefixes, or whole sequences when loss is bce) on `device`."""
+    def build(cls, cfg: RunConfig, data: ProcessedData, device: torch.device,
+              sync_free_step: Optional[bool] = None) -> "TrainingFeed":
+        """Instances and indexes for `cfg` (prefixes, or whole sequences when loss is bce) on `device`.
+
+        sync_free_step: whether batches are built without host syncs (default: sync_free(device)).
+        """
+        if sync_free_step is None:
+            sync_free_step = sync_free(device)
         sequences = cfg.loss == "bce"  # the original SASRec trains on whole sequences, not prefixes
         instances = sequence_training_instances(data, device) if sequences else training_instances(data, device)
         same_target = SameTargetIndex.build(instances.targets) if cfg.model == "duorec" else None
         seen = SeenItems.build(instances, data.n_items) if sequences else None
-        return cls(cfg, instances, same_target, seen, mask_id(cfg, data.n_items))
+        return cls(cfg, instances, same_target, seen, mask_id(cfg, data.n_items), trim=not sync_free_step)
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -52,10 +72,10 @@ class TrainingFeed:
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
         """The Batch of rows `index`: inputs, targets and whatever the model's loss needs, drawn from `generator`."""
-        seq, lengths, targets = self.instances.rows(index)
+        seq, lengths, targets = self.instances.rows(index, self.trim)
         partner = negatives = None
         if self.same_target is not None:
-            partner = self.instances.rows(self.same_target.partners(index, targets, generator))[:2]
+            partner = self.instances.rows(self.same_target.partners(index, targets, generator), self.trim)[:2]
         if self.seen is not None:
             negatives = self.seen.sample(index, tuple(targets.shape), generator)
         return make_batch(self.cfg, seq, lengths, targets, generator, partner, negatives, self.masked_id)

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,7 +17,7 @@ from mclrec import __version__
 from mclrec.data.processed import ProcessedData
 from mclrec.device import resolve_device  # noqa: F401 (also the trainer's public name for it)
 from mclrec.environment import run_environment
-from mclrec.run_config import RunConfig
+from mclrec.run_config import AUTO, RunConfig, length_buckets_for
 from mclrec.paths import RUN_BEST, RUN_CURVES, RUN_LAST, RUN_LOG, RUN_PREV, RUN_SUMMARY
 from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
@@ -26,7 +26,7 @@ from mclrec.data.instances import eval_instances
 from mclrec.training.early_stopping import judge, stop_reason
 from mclrec.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                                saved_generator_device)
-from mclrec.training.feed import TrainingFeed
+from mclrec.training.feed import TrainingFeed, sync_free
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, uses_augmenters
 
 # PREV: the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
@@ -67,32 +67,47 @@ def schedule_of(cfg: RunConfig) -> str:
 
 class Optimisers:
     """Adam for the encoder (theta) and, in the meta and paper schedules, a second Adam for the augmenters (phi1,
-    phi2). In the joint schedule (MCLRec-J) one Adam holds theta and phi together."""
+    phi2). In the joint schedule (MCLRec-J) one Adam holds theta and phi together.
 
-    def __init__(self, cfg: RunConfig | dict, parts: ModelParts):
+    fused (default: when the parameters are on CUDA): one fused kernel per update, its step counters on the device.
+    Otherwise foreach: the same numbers as PyTorch's per-parameter loop (its CPU default), about 2x faster there;
+    it keeps the step counters on the host, which a CUDA step reads as host values.
+    """
+
+    def __init__(self, cfg: RunConfig | dict, parts: ModelParts, fused: Optional[bool] = None):
         cfg = RunConfig.of(cfg)
         schedule = schedule_of(cfg)
         theta = list(parts.encoder.parameters())
         phi = parts.augmenter_parameters()
-        # foreach: the same numbers as PyTorch's per-parameter loop (its CPU default), about 2x faster there
+        if fused is None:
+            fused = theta[0].is_cuda
+        kernel: dict[str, bool] = {"fused": True} if fused else {"foreach": True}
         self.encoder = torch.optim.Adam(theta + phi if schedule == "joint" else theta, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, foreach=True)
+                                        weight_decay=cfg.weight_decay, **kernel)
         self.augmenter = None
         if schedule in ("meta", "paper"):
-            self.augmenter = torch.optim.Adam(phi, lr=cfg.augmenter_lr, foreach=True)
+            self.augmenter = torch.optim.Adam(phi, lr=cfg.augmenter_lr, **kernel)
 
     def state_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder.state_dict(), "augmenter": self.augmenter.state_dict() if self.augmenter else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.encoder.load_state_dict(state["encoder"])
+        _load_keeping_kernel(self.encoder, state["encoder"])
         if self.augmenter is not None:
-            self.augmenter.load_state_dict(state["augmenter"])
+            _load_keeping_kernel(self.augmenter, state["augmenter"])
 
     def zero_grad(self) -> None:
         self.encoder.zero_grad(set_to_none=True)
         if self.augmenter is not None:
             self.augmenter.zero_grad(set_to_none=True)
+
+
+def _load_keeping_kernel(optimiser: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load an optimiser state but keep this optimiser's kernel (fused or foreach), which a checkpoint written on the
+    other device type names the other way. Loading with it also puts the step counters where that kernel wants
+    them (on the parameters' device when fused)."""
+    kernel = {key: optimiser.defaults[key] for key in ("foreach", "fused")}
+    optimiser.load_state_dict({**state, "param_groups": [{**group, **kernel} for group in state["param_groups"]]})
 
 
 def _update(loss: torch.Tensor, optimisers: Optimisers, optimiser: torch.optim.Optimizer) -> None:
@@ -102,23 +117,116 @@ def _update(loss: torch.Tensor, optimisers: Optimisers, optimiser: torch.optim.O
     optimiser.step()
 
 
-def single_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def _check_finite(terms: dict[str, torch.Tensor], step: str) -> None:
+    """Raise naming the loss component that became NaN or infinite."""
+    for name, value in terms.items():
+        if not torch.isfinite(value):
+            raise TrainingError(f"non-finite loss component '{name}' ({float(value)}) in the {step} step")
+
+
+@dataclass
+class _FirstNonFinite:
+    """One step's loss terms: for each, the first batch where it was NaN or infinite (-1: none yet) and its value."""
+
+    names: tuple[str, ...]
+    batch: torch.Tensor
+    value: torch.Tensor
+
+
+class FiniteChecks:
+    """Every update's check that its loss terms are finite, before it is applied.
+
+    eager (the CPU): a check reads the terms and raises at once, before the update, as training always has.
+    deferred (a sync-free step, CUDA): a check only records on the device which terms went non-finite first, in
+    which batch; `raise_if_any` reads that (one host sync) and raises what the eager check would have raised
+    first. The updates in between ran on NaN weights, which is harmless: training stops with the same
+    TrainingError before the epoch's checkpoint is written, so the last good one stays.
+    """
+
+    def __init__(self, deferred: bool):
+        self.deferred = deferred
+        self.batch = 0  # the epoch's batch being stepped (deferred reports name it)
+        self._steps: dict[str, _FirstNonFinite] = {}  # in the order the steps first ran: a batch's step order
+
+    def check(self, terms: dict[str, torch.Tensor], step: str) -> None:
+        """Check the loss terms of `step` (raising at once when eager, recording on the device when deferred)."""
+        if not self.deferred:
+            _check_finite(terms, step)
+            return
+        values = torch.stack([v.detach() for v in terms.values()])
+        first = self._steps.get(step)
+        if first is None:
+            first = self._steps[step] = _FirstNonFinite(tuple(terms), torch.full_like(values, -1, dtype=torch.long),
+                                                        torch.zeros_like(values))
+        new = ~torch.isfinite(values) & (first.batch < 0)
+        first.batch = torch.where(new, self.batch, first.batch)
+        first.value = torch.where(new, values, first.value)
+
+    def raise_if_any(self) -> None:
+        """Raise the TrainingError of the earliest non-finite term recorded (deferred; eager checks raised already)."""
+        if not self._steps:
+            return
+        firsts = list(self._steps.values())
+        batches = torch.cat([first.batch for first in firsts]).tolist()  # the one read while all is well
+        if max(batches) < 0:
+            return
+        # the eager check's order: the earliest batch, then the step that ran first, then the term's order
+        batch, index = min((batch, index) for index, batch in enumerate(batches) if batch >= 0)
+        step, name = [(step, name) for step, first in self._steps.items() for name in first.names][index]
+        value = torch.cat([first.value for first in firsts])[index].item()
+        raise TrainingError(f"non-finite loss component '{name}' ({value}) in the {step} step (batch {batch} of the "
+                            "epoch, found at a deferred check)")
+
+
+class LossSums:
+    """The logged loss terms of an epoch, summed on their device in float64 and read once, by `means`.
+
+    float64 sums make the same additions in the same order as summing the terms' Python floats (what the log always
+    held), so the CPU's logged means are unchanged to the last bit, and a CUDA step never reads a loss on the host.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.batches = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for key, value in terms.items():
+            value = value.detach().to(torch.float64)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.batches += 1
+
+    def means(self) -> dict[str, float]:
+        """The mean of each term over the batches added."""
+        if not self.sums:
+            return {}
+        totals = torch.stack(list(self.sums.values())).tolist()
+        return {key: total / self.batches for key, total in zip(self.sums, totals)}
+
+
+def _detached(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def single_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator,
+                checks: FiniteChecks) -> dict[str, torch.Tensor]:
     """The baselines (and MCLRec without augmenters): theta <- Adam(theta, grad_theta L)."""
     loss, terms = encoder_loss(cfg, parts, batch, generator)
-    _check_finite(terms, "encoder")
+    checks.check(terms, "encoder")
     _update(loss, optimisers, optimisers.encoder)
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return _detached(terms)
 
 
-def joint_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def joint_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator,
+               checks: FiniteChecks) -> dict[str, torch.Tensor]:
     """MCLRec-J (Fig. 3): one Adam step on L0 (Eq. 14) for theta, phi1 and phi2 together."""
     loss, terms = encoder_loss(cfg, parts, batch, generator)
-    _check_finite(terms, "joint")
+    checks.check(terms, "joint")
     _update(loss, optimisers, optimisers.encoder)
-    return {k: float(v.detach()) for k, v in terms.items()}
+    return _detached(terms)
 
 
-def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
+def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator,
+                checks: FiniteChecks) -> dict[str, torch.Tensor]:
     """MCLRec's meta-optimised updates of one batch (Sec. 3.3, Algorithm 1).
 
     meta (default) runs steps 1-3, as the published code's trainer does; paper runs steps 1-2, as Algorithm 1
@@ -127,20 +235,20 @@ def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch
     # Step 1 (Alg. 1 lines 3-4): L0 = L_rec + lambda L_cl1 + beta (L_cl2 + gamma R) (Eq. 14); theta moves,
     # the augmenters phi1, phi2 stay fixed.
     loss, terms = encoder_loss(cfg, parts, batch, generator)
-    _check_finite(terms, "encoder")
+    checks.check(terms, "encoder")
     _update(loss, optimisers, optimisers.encoder)
-    logged = {k: float(v.detach()) for k, v in terms.items()}
+    logged = _detached(terms)
     # Step 2 (Alg. 1 lines 6-9): the updated encoder theta' re-encodes the views without gradient;
     # L1 = L_cl2 + gamma R (Eq. 9-13, 15); phi1 and phi2 move, theta stays fixed.
     aug_loss, _ = augmenter_loss(cfg, parts, batch)
-    _check_finite({"augmenter": aug_loss}, "augmenter")
+    checks.check({"augmenter": aug_loss}, "augmenter")
     _update(aug_loss, optimisers, optimisers.augmenter)
-    logged["augmenter"] = float(aug_loss.detach())
+    logged["augmenter"] = aug_loss.detach()
     if cfg.schedule == "meta":
         # Step 3, the published code's addition (not in Algorithm 1): L0 again with the updated augmenters;
         # theta moves. Its loss is not logged (the official trainer logs step 1's).
         loss, terms = encoder_loss(cfg, parts, batch, generator)
-        _check_finite(terms, "encoder (step 3)")
+        checks.check(terms, "encoder (step 3)")
         _update(loss, optimisers, optimisers.encoder)
     return logged
 
@@ -148,17 +256,22 @@ def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch
 STEPS = {"single": single_step, "joint": joint_step, "meta": mclrec_step, "paper": mclrec_step}
 
 
-def train_step(cfg: RunConfig | dict, parts: ModelParts, optimisers: Optimisers, batch, generator) -> dict[str, float]:
-    """One batch of the run's schedule (schedule_of): single, joint, or MCLRec's meta / paper steps."""
+def train_step(cfg: RunConfig | dict, parts: ModelParts, optimisers: Optimisers, batch, generator,
+               checks: Optional[FiniteChecks] = None) -> dict[str, torch.Tensor]:
+    """One batch of the run's schedule (schedule_of): single, joint, or MCLRec's meta / paper steps. Returns the
+    logged loss terms, detached, on the device (reading them is a host sync on CUDA).
+
+    checks: where each update's loss terms are checked for NaN/inf (default: FiniteChecks for the parameters'
+    device: raising at once on the CPU; on CUDA recorded on the device, where a caller that never reads them, such
+    as a benchmark, skips the check).
+    """
     cfg = RunConfig.of(cfg)
-    return STEPS[schedule_of(cfg)](cfg, parts, optimisers, batch, generator)
-
-
-def _check_finite(terms: dict[str, torch.Tensor], step: str) -> None:
-    """Raise naming the loss component that became NaN or infinite."""
-    for name, value in terms.items():
-        if not torch.isfinite(value):
-            raise TrainingError(f"non-finite loss component '{name}' ({float(value)}) in the {step} step")
+    device = next(parts.encoder.parameters()).device
+    if cfg.length_buckets == AUTO:  # callers that pass the settings as written (train resolves them once)
+        cfg = cfg.on_device(device.type)
+    if checks is None:
+        checks = FiniteChecks(deferred=sync_free(device))
+    return STEPS[schedule_of(cfg)](cfg, parts, optimisers, batch, generator, checks)
 
 
 def _module_states(parts: ModelParts) -> dict[str, dict[str, torch.Tensor]]:
@@ -186,30 +299,47 @@ def _payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState
     }
 
 
+def _settings_to_resume(path: Path, cfg: RunConfig, ckpt: dict[str, Any], device: torch.device) -> RunConfig:
+    """The settings that continue the checkpoint's run: cfg, or a TrainingError naming the settings that differ.
+
+    `length_buckets: auto` is stored resolved for the device type the run started on. Resumed on the other type,
+    auto resolves to the other list; the run keeps its own, so it goes on encoding as it did. (An explicit setting
+    equal to the other device's auto list is taken for auto too: both encode the same function.)
+    """
+    saved = ckpt["config"]
+    trained_on = saved_generator_device(ckpt["rng"]) if "rng" in ckpt else device.type
+    if (trained_on != device.type and cfg.length_buckets == length_buckets_for(AUTO, device.type)
+            and saved.get("length_buckets") == length_buckets_for(AUTO, trained_on)):
+        cfg = cfg.replace(length_buckets=saved["length_buckets"])
+    settings = cfg.to_dict()
+    changed = sorted(k for k, v in settings.items() if k not in RESUME_FREE_KEYS and saved.get(k) != v)
+    if changed:
+        raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)}")
+    return cfg
+
+
 def _restore(path: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
-             data: ProcessedData) -> tuple[RunState, dict]:
-    """Load last.pt into the live modules, optimisers and RNGs; refuse an incompatible run. Returns the best weights too."""
+             data: ProcessedData) -> tuple[RunState, dict, RunConfig]:
+    """Load last.pt into the live modules, optimisers and RNGs; refuse an incompatible run. Returns the best weights
+    and the settings the run continues with (_settings_to_resume) too."""
     ckpt = load_checkpoint(path)
     if ckpt["n_items"] != data.n_items:
         raise TrainingError(f"{path}: checkpoint has {ckpt['n_items']} items, the data has {data.n_items}")
-    settings = cfg.to_dict()
-    changed = sorted(k for k, v in settings.items() if k not in RESUME_FREE_KEYS and ckpt["config"].get(k) != v)
-    if changed:
-        raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)}")
+    device = next(parts.encoder.parameters()).device  # the run device
+    cfg = _settings_to_resume(path, cfg, ckpt, device)
     for name, module in parts.modules().items():
         module.load_state_dict(ckpt["modules"][name])
     optimisers.load_state_dict(ckpt["optimisers"])
     state = RunState(**ckpt["state"])
-    device = next(parts.encoder.parameters()).device  # the run device
     if not restore_rng_state(ckpt["rng"], generator, device, reseed=cfg.seed + 1_000_003 * state.epoch):
         print(f"warning: {path} was written on a {saved_generator_device(ckpt['rng'])} run and this one runs on "
               f"{device}; random streams cannot move between device types, so they were reseeded from the seed and "
               "the epoch (deterministic, the same law, not the numbers of an uninterrupted run)", file=sys.stderr)
-    return state, ckpt["best"]
+    return state, ckpt["best"], cfg
 
 
 def _restore_latest(run_dir: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
-                    data: ProcessedData) -> tuple[RunState, dict, bool]:
+                    data: ProcessedData) -> tuple[RunState, dict, RunConfig, bool]:
     """_restore last.pt or, when it is missing or unreadable, last.prev.pt (warning on stderr); True if it fell back.
 
     A settings mismatch (TrainingError) is not a reason to fall back; CheckpointError names both files if neither loads.
@@ -243,44 +373,56 @@ def _write_log(run_dir: Path, records: list[dict[str, Any]], valid_metric: str) 
         json.dump(curves, fh, indent=1)
 
 
+READ_EVERY = 100  # batches between the deferred non-finite checks' reads (each drains the GPU's queue once)
+
+
 def _train_epoch(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, feed: TrainingFeed, generator: torch.Generator,
-                 on_batch: Callable[[], None]) -> dict[str, float]:
-    """One pass over the shuffled training instances; returns the mean of each loss component."""
+                 on_batch: Callable[[], None], deferred: bool = False) -> dict[str, float]:
+    """One pass over the shuffled training instances; returns the mean of each loss component.
+
+    deferred (a sync-free step): the non-finite checks are read every READ_EVERY batches and at the end, the loss
+    sums at the end; nothing else in the loop reads a device value on the host.
+    """
     parts.train(True)
-    sums: dict[str, float] = {}
-    n_batches = 0
-    for batch in feed.epoch(generator):
-        terms = train_step(cfg, parts, optimisers, batch, generator)
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value
-        n_batches += 1
+    checks, sums = FiniteChecks(deferred), LossSums()
+    for number, batch in enumerate(feed.epoch(generator), start=1):
+        checks.batch = number
+        sums.add(train_step(cfg, parts, optimisers, batch, generator, checks))
+        if checks.batch % READ_EVERY == 0:
+            checks.raise_if_any()
         on_batch()
-    return {key: value / n_batches for key, value in sums.items()}
+    checks.raise_if_any()
+    return sums.means()
 
 
-def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True) -> dict[str, Any]:
+def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True,
+          sync_free_step: Optional[bool] = None) -> dict[str, Any]:
     """Train one run into `run_dir` (best.pt, last.pt, log.jsonl, summary.json); return the summary.
 
     resume: "never" starts afresh; "must" continues from last.pt (error if its settings differ);
     "if-compatible" continues when last.pt matches these settings and starts afresh otherwise.
     A missing or unreadable last.pt falls back to last.prev.pt, the checkpoint of the epoch before it.
+    sync_free_step: run the step that never waits for the device (full-width batches, deferred non-finite checks,
+    fused Adam); default: on CUDA (feed.sync_free). True on the CPU runs that path there, for tests.
     """
     cfg = RunConfig.of(cfg)
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
+    cfg = cfg.on_device(device.type)  # length_buckets: auto
+    step_sync_free = sync_free(device) if sync_free_step is None else sync_free_step
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     parts = build_parts(cfg, data.n_items).to(device)
-    optimisers = Optimisers(cfg, parts)
-    feed = TrainingFeed.build(cfg, data, device)
+    optimisers = Optimisers(cfg, parts, fused=step_sync_free)
+    feed = TrainingFeed.build(cfg, data, device, sync_free_step=step_sync_free)
     valid_data = eval_instances(data, "valid", device)
 
     state, best_modules, fell_back = RunState(), None, False
     if resume != "never" and ((run_dir / LAST).exists() or (run_dir / PREV).exists()):
         try:
-            state, best_modules, fell_back = _restore_latest(run_dir, cfg, parts, optimisers, generator, data)
+            state, best_modules, cfg, fell_back = _restore_latest(run_dir, cfg, parts, optimisers, generator, data)
         except TrainingError:
             if resume == "must":
                 raise
@@ -306,7 +448,7 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
             t0 = time.monotonic()
             try:
                 losses = _train_epoch(cfg, parts, optimisers, feed, generator,
-                                      lambda: bar.advance(task))
+                                      lambda: bar.advance(task), deferred=step_sync_free)
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
             train_time = time.monotonic() - t0
