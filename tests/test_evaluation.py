@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mclrec.cli import app
 from mclrec.evaluation.metrics import metrics_from_ranks, target_ranks
-from mclrec.evaluation.ranking import rank_all
+from mclrec.evaluation.ranking import rank_all, rows_per_chunk
 from mclrec.evaluation.robustness import insert_noise, length_groups
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import to_recbole_state_dict
@@ -40,6 +40,14 @@ def test_chunked_ranking_equals_one_big_product(tiny):
     with torch.no_grad():
         naive = target_ranks(encoder.full_scores(encoder(test.seq, test.lengths)), test.targets)
     assert torch.equal(rank_all(encoder, test, batch_size=7), naive)
+    # a score budget of 3 users' scores: chunks of 3 rows, the same ranks
+    assert torch.equal(rank_all(encoder, test, batch_size=2048, score_budget=3 * tiny.n_items), naive)
+
+
+def test_score_budget_bounds_the_users_scored_at_once():
+    assert rows_per_chunk(2048, 12_101) == 2048  # Beauty: the batch size
+    assert rows_per_chunk(2048, 1_000_000) == 134  # 10^6 items: 134 x 10^6 floats, 512 MiB
+    assert rows_per_chunk(2048, 10**9) == 1  # never fewer than one user
 
 
 def test_noise_inserts_the_requested_share_and_keeps_the_original_order():

@@ -13,16 +13,28 @@ from mclrec.models.fast_encoding import encode
 from mclrec.data.instances import Instances
 
 
+SCORE_BUDGET = 2**27  # scores held at once (512 MiB of float32): bounds memory for catalogs of 10^6 items
+
+
+def rows_per_chunk(batch_size: int, n_items: int, budget: int = SCORE_BUDGET) -> int:
+    """Users scored at once: `batch_size`, fewer when their [rows, n_items] scores would exceed `budget` values."""
+    return max(1, min(batch_size, budget // max(n_items, 1)))
+
+
 @torch.no_grad()
-def rank_all(encoder: SASRecEncoder, instances: Instances, batch_size: int, length_buckets: Sequence[int] = ()) -> Tensor:
+def rank_all(encoder: SASRecEncoder, instances: Instances, batch_size: int, length_buckets: Sequence[int] = (),
+             score_budget: int = SCORE_BUDGET) -> Tensor:
     """Rank of each row's target among items 1..N (0 = best), computed chunk by chunk, on the CPU at the end.
 
     The read-out goes through fast_encoding.encode (exactly encoder(seq, lengths)); `length_buckets` as in training.
+    Chunks hold at most `batch_size` users and `score_budget` scores, so memory stays bounded for any catalog; each
+    row's rank is computed from its own scores only, so the chunking does not change it.
     """
     was_training = encoder.training
     encoder.eval()
     ranks = []
-    for index in torch.arange(len(instances), device=instances.seq.device).split(batch_size):
+    rows = rows_per_chunk(batch_size, encoder.n_items, score_budget)
+    for index in torch.arange(len(instances), device=instances.seq.device).split(rows):
         seq, lengths, targets = instances.rows(index)
         scores = encoder.full_scores(encode(encoder, seq, lengths, length_buckets))
         ranks.append(target_ranks(scores, targets))
