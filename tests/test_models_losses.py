@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mclrec.models.losses import (bpr_loss, cl2_loss, exclusion_offsets, info_nce, margin_regulariser, pair_scores,
-                                  rec_ce_loss, reg_loss, sample_negatives)
+from mclrec.models.losses import (bpr_loss, chunked_cross_entropy, cl2_loss, exclusion_offsets, info_nce,
+                                  margin_regulariser, pair_scores, rec_ce_loss, reg_loss, sample_negatives)
 
 
 def loop_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 1.0) -> float:
@@ -155,3 +155,28 @@ def test_sample_negatives_uniform_and_never_the_target():
         assert torch.allclose(counts, expected, atol=0.03)
     again = sample_negatives(targets, 5, torch.Generator().manual_seed(0))
     assert torch.equal(negatives, again)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_cross_entropy_equals_the_plain_formula_with_its_gradients(chunk):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(13, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(101, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 101, (13,), generator=g)
+    targets[:3] = 5  # repeated targets: their gradient rows add up
+    plain = F.cross_entropy(h @ weights.T, targets)
+    plain_h, plain_w = torch.autograd.grad(plain, (h, weights))
+    chunked = chunked_cross_entropy(h, weights, targets, chunk)
+    chunked_h, chunked_w = torch.autograd.grad(chunked, (h, weights))
+    torch.testing.assert_close(chunked, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked_h, plain_h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked_w, plain_w, rtol=1e-12, atol=1e-12)
+
+
+def test_rec_ce_loss_chunks_only_above_its_logits_budget():
+    g = torch.Generator().manual_seed(4)
+    h, weights = torch.randn(6, 4, generator=g), torch.randn(50, 4, generator=g)
+    targets = torch.randint(0, 50, (6,), generator=g)
+    plain = F.cross_entropy(h @ weights.T, targets)
+    assert torch.equal(rec_ce_loss(h, weights, targets), plain)  # under the budget: the plain formula, bit for bit
+    torch.testing.assert_close(rec_ce_loss(h, weights, targets, budget=6 * 10), plain, rtol=1e-6, atol=1e-6)

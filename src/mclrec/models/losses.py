@@ -98,9 +98,51 @@ def reg_loss(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
     return margin_regulariser(h1, z2) + margin_regulariser(h2, z1) + margin_regulariser(z1, z2)
 
 
-def rec_ce_loss(h: Tensor, item_weights: Tensor, targets: Tensor) -> Tensor:
-    """L_rec (Eq. 3): full-softmax cross-entropy of scores h @ item_weights^T, targets index rows of item_weights."""
-    return F.cross_entropy(h @ item_weights.T, targets)
+LOGITS_BUDGET = 2**27  # logits held at once by L_rec (512 MiB of float32); larger catalogs go chunk by chunk
+
+
+def rec_ce_loss(h: Tensor, item_weights: Tensor, targets: Tensor, budget: int = LOGITS_BUDGET) -> Tensor:
+    """L_rec (Eq. 3): full-softmax cross-entropy of scores h @ item_weights^T, targets index rows of item_weights.
+
+    When the [batch, items] logits would exceed `budget` values (catalogs of 10^5-10^6 items), they are computed
+    chunk by chunk over the items, forward and backward (chunked_cross_entropy), never all at once.
+    """
+    if h.shape[0] * item_weights.shape[0] <= budget:
+        return F.cross_entropy(h @ item_weights.T, targets)
+    return chunked_cross_entropy(h, item_weights, targets, max(1, budget // h.shape[0]))
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """mean_b [logsumexp_j (h_b . w_j) - h_b . w_{t_b}], with the logits made and dropped one item chunk at a time."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weights: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        lse = torch.stack([torch.logsumexp(h @ w.T, dim=1) for w in weights.split(chunk)]).logsumexp(dim=0)
+        target_logits = (h * weights[targets]).sum(dim=1)
+        ctx.save_for_backward(h, weights, targets, lse)
+        ctx.chunk = chunk
+        return (lse - target_logits).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, weights, targets, lse = ctx.saved_tensors
+        scale = grad / h.shape[0]
+        grad_h = torch.zeros_like(h)
+        grad_w = torch.zeros_like(weights)
+        for start in range(0, weights.shape[0], ctx.chunk):
+            w = weights[start:start + ctx.chunk]
+            probs = torch.exp(h @ w.T - lse[:, None]) * scale  # d loss / d logits of this chunk, softmax part
+            grad_h += probs @ w
+            grad_w[start:start + ctx.chunk] = probs.T @ h
+        # the target part of d loss / d logits: -1 at each row's target
+        grad_h -= scale * weights[targets]
+        grad_w.index_add_(0, targets, -scale * h)
+        return grad_h, grad_w, None, None
+
+
+def chunked_cross_entropy(h: Tensor, item_weights: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """F.cross_entropy(h @ item_weights.T, targets) with at most `chunk` items' logits at a time (float tolerance)."""
+    return _ChunkedCrossEntropy.apply(h, item_weights, targets, chunk)
 
 
 def bpr_loss(h: Tensor, item_weights: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
