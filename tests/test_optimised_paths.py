@@ -38,13 +38,15 @@ def test_views_in_one_call_equal_separate_calls(tiny, run_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,fast_path", [("mclrec", {}), ("duorec", {}), ("mclrec", {"packed_tokens": True})])
-def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant, fast_path):
+@pytest.mark.parametrize("variant,fast_path,epochs", [("mclrec", {}, 2), ("duorec", {}, 2),
+                                                     ("mclrec", {"packed_tokens": True}, 1)])
+def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path, variant, fast_path, epochs):
     """Without dropout (whose random stream the paths draw differently) both paths give the same run."""
     for name, extra in (("fast", fast_path), ("naive", NAIVE_PATH)):
-        train(run_cfg(variant, max_epochs=2, batch_size=128, **NO_DROPOUT, **extra), tiny, tmp_path / name, progress=False)
+        train(run_cfg(variant, max_epochs=epochs, batch_size=128, **NO_DROPOUT, **extra), tiny, tmp_path / name,
+              progress=False)
     fast, naive = _log(tmp_path / "fast"), _log(tmp_path / "naive")
-    assert len(fast) == len(naive) == 2
+    assert len(fast) == len(naive) == epochs
     one_user = 1.0 / tiny.n_users
     for a, b in zip(fast, naive):
         assert a["loss"].keys() == b["loss"].keys()
