@@ -62,6 +62,7 @@ class RunConfig:
     length_buckets: list[int] | str  # a list, or `auto` until on_device resolves it
     batch_views: bool
     packed_tokens: bool
+    precision: str
     # losses and augmentation
     loss: str
     lambda_cl1: float

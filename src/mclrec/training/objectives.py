@@ -73,12 +73,19 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
     """
     buckets = cfg.length_buckets
     read_out = encode_packed if cfg.packed_tokens else encode
-    if not cfg.batch_views or len(views) == 1:
-        return [read_out(encoder, seq, lengths, buckets) for seq, lengths in views]
-    width = max(seq.shape[1] for seq, _ in views)
-    seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
-    h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets)
+    with reduced_precision(cfg, encoder.item_embedding.weight.device):
+        if not cfg.batch_views or len(views) == 1:
+            return [read_out(encoder, seq, lengths, buckets).float() for seq, lengths in views]
+        width = max(seq.shape[1] for seq, _ in views)
+        seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
+        h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets).float()
     return list(h.split([len(seq) for seq, _ in views]))
+
+
+def reduced_precision(cfg: RunConfig, device: torch.device) -> torch.autocast:
+    """`precision: bf16`: autocast the encoder's matrix products to bfloat16 (autocast keeps softmax, LayerNorm and
+    the losses computed from the float32 read-out in float32); fp32: a disabled context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def encoder_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
