@@ -73,12 +73,13 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
     """
     buckets = cfg.length_buckets
     read_out = encode_packed if cfg.packed_tokens else encode
+    dtype = encoder.item_embedding.weight.dtype  # the read-outs leave in the parameters' dtype, whatever autocast did
     with reduced_precision(cfg, encoder.item_embedding.weight.device):
         if not cfg.batch_views or len(views) == 1:
-            return [read_out(encoder, seq, lengths, buckets).float() for seq, lengths in views]
+            return [read_out(encoder, seq, lengths, buckets).to(dtype) for seq, lengths in views]
         width = max(seq.shape[1] for seq, _ in views)
         seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
-        h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets).float()
+        h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets).to(dtype)
     return list(h.split([len(seq) for seq, _ in views]))
 
 
