@@ -12,6 +12,7 @@ from mclrec.errors import MclrecError
 from mclrec.models.dropout import Dropout
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode, encode_last
+from mclrec.models.packed_encoding import encode_packed
 from mclrec.models.recbole import encoder_from_recbole, load_recbole_checkpoint, to_recbole_state_dict
 
 N_ITEMS, MAX_LEN, HIDDEN, N_LAYERS, N_HEADS, INNER = 30, 12, 16, 2, 2, 24
@@ -288,11 +289,12 @@ def test_fast_read_out_equals_the_reference_forward(buckets):
         torch.testing.assert_close(encode(encoder, seq, lengths, buckets), reference, atol=1e-6, rtol=1e-6)
 
 
-def test_fast_read_out_matches_the_naive_reference():
+@pytest.mark.parametrize("read_out", [encode, encode_packed])
+def test_fast_read_out_matches_the_naive_reference(read_out):
     encoder = make_encoder(6)
     seq, lengths = random_batch(8, batch=10)
     with torch.no_grad():
-        got = encode(encoder, seq, lengths, (4, 8))
+        got = read_out(encoder, seq, lengths, (4, 8))
     torch.testing.assert_close(got, naive_forward(encoder.state_dict(), seq, lengths, N_HEADS), atol=1e-5, rtol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""The packed-token read-out against the reference forward: same h_n with dropout 0, gradients, masked items."""
+"""The packed-token read-out against the reference forward: same h_n with dropout 0, gradients, masked items
+(against the naive re-implementation: tests/test_models_encoder.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from mclrec.models.packed_encoding import encode_packed, pack
 
-from .test_models_encoder import make_encoder, naive_forward, random_batch, N_HEADS
+from .test_models_encoder import make_encoder, random_batch
 
 
 @pytest.mark.parametrize("buckets", [(), (4,), (3, 6, 9), (2, 4, 8, 16)])
@@ -17,14 +18,6 @@ def test_packed_read_out_equals_the_reference_forward(buckets):
     with torch.no_grad():
         torch.testing.assert_close(encode_packed(encoder, seq, lengths, buckets), encoder(seq, lengths),
                                    atol=1e-6, rtol=1e-6)
-
-
-def test_packed_read_out_matches_the_naive_reference():
-    encoder = make_encoder(6)
-    seq, lengths = random_batch(8, batch=10)
-    with torch.no_grad():
-        got = encode_packed(encoder, seq, lengths, (4, 8))
-    torch.testing.assert_close(got, naive_forward(encoder.state_dict(), seq, lengths, N_HEADS), atol=1e-5, rtol=1e-5)
 
 
 def test_masked_items_inside_a_row_and_a_query_with_no_visible_key():

@@ -10,6 +10,7 @@ mclrec:  L0 = L_rec + lambda_cl1 * L_cl1 + beta * (L_cl2 + reg_weight * R)      
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -83,10 +84,12 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
     return list(h.split([len(seq) for seq, _ in views]))
 
 
-def reduced_precision(cfg: RunConfig, device: torch.device) -> torch.autocast:
+def reduced_precision(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """`precision: bf16`: autocast the encoder's matrix products to bfloat16 (autocast keeps softmax, LayerNorm and
-    the losses computed from the float32 read-out in float32); fp32: a disabled context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    the losses computed from the float32 read-out in float32); fp32: nothing to enter on the training step."""
+    if cfg.precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def encoder_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
