@@ -130,6 +130,9 @@ def preprocess(
     user_k: Optional[int] = typer.Option(None, help="Override k for users."),
     item_k: Optional[int] = typer.Option(None, help="Override k for items."),
     max_len: Optional[int] = typer.Option(None, help="Override the maximum sequence length."),
+    engine: Optional[str] = typer.Option(
+        None, help="auto (duckdb for raw files of 1 GiB or more), memory or duckdb (out of core, for raw files "
+                   "larger than RAM); same outputs. Default: the dataset's preprocess.engine, else auto."),
 ) -> None:
     """k-core filter, order, remap ids and split leave-one-out into Parquet."""
     from mclrec.data.preprocess import preprocess as run_preprocess
@@ -149,6 +152,7 @@ def preprocess(
             out or paths.processed_dir(dataset),
             extra_stats={"dataset": dataset},
             length_group=prep.get("length_group"),
+            engine=engine or prep.get("engine", "auto"),
         )
         keys = ("n_users", "n_items", "n_interactions", "avg_length", "sparsity")
         err_console.print(f"{dataset}: " + ", ".join(f"{k}={stats[k]}" for k in keys))
