@@ -41,9 +41,23 @@ def test_packing_holds_each_real_token_once_in_row_order():
     assert packing.tokens.tolist() == [5, 6, 7, 8, 1, 2]
     assert packing.positions.tolist() == [0, 1, 2, 0, 0, 1]
     assert packing.last.tolist() == [2, 3, 5]
-    assert sorted(int(r) for rows, _, _ in packing.groups for r in rows) == [0, 1, 2]
-    for rows, gather, _ in packing.groups:  # each group is padded only to its own longest row
-        assert gather.shape[1] == int(lengths[rows].max())
+    # bucket (0, 1]: row 1; (1, 2]: row 2; above: row 0, each group padded only to its own longest row
+    assert packing.row_order.tolist() == [1, 2, 0]
+    assert [(group.size, group.width) for group in packing.groups] == [(1, 1), (1, 2), (1, 3)]
+    assert packing.row_position.tolist() == [2, 0, 1]
+    # slots: row 1's [8], row 2's [1, 2], row 0's [5, 6, 7]; T = 6 is the zero row padded slots read
+    assert packing.token_of_slot.tolist() == [3, 4, 5, 0, 1, 2]
+    assert packing.slot_of_token.tolist() == [3, 4, 5, 0, 1, 2]
+
+
+def test_padded_slots_read_the_zero_row_and_are_never_read_back():
+    seq = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 0, 0]])
+    packing = pack(seq, torch.tensor([3, 1, 2]))  # one group of width 3
+    assert packing.token_of_slot.tolist() == [0, 1, 2, 3, 6, 6, 4, 5, 6]
+    assert packing.slot_of_token.tolist() == [0, 1, 2, 3, 6, 7]
+    assert packing.groups[0].mask[1, 0, 0].tolist() == [0.0, -10000.0, -10000.0]  # row 1 sees only its item
+    assert packing.groups[0].last_mask[:, 0, 0].tolist() == [[0.0, 0.0, 0.0], [0.0, -10000.0, -10000.0],
+                                                            [0.0, 0.0, -10000.0]]
 
 
 def test_gradients_flow_to_every_item_of_the_batch():
