@@ -30,8 +30,9 @@ from mclrec.data.preprocess import ENGINES, SPLIT_FILES, preprocess
 
 START_TS, END_TS = 946_684_800, 1_404_172_800  # 2000-01-01 .. 2014-07-01
 USER_SKEW, ITEM_SKEW = 0.9, 1.0
-CHUNK_ROWS = 5_000_000  # generation memory stays ~1 GB whatever n
+CHUNK_ROWS = 5_000_000  # generation memory stays a few hundred MB whatever n
 OUTPUTS = [f"{name}.parquet" for name in SPLIT_FILES] + ["stats.json"]
+STAGES = ("read", "hash", "kcore", "split", "write")
 
 
 def generate_ratings_csv(path: Path, n: int, seed: int) -> None:
@@ -74,15 +75,31 @@ def _ids(prefix: str, width: int, numbers: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, digits, "")
 
 
+class StageTimings(dict):
+    """preprocess's `timings` sink that also notes the process's peak RSS (MiB) when each stage ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak_rss_mb: dict[str, float] = {}
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        super().__setitem__(stage, seconds)
+        self.peak_rss_mb[stage] = _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_child(raw: Path, out: Path, engine: str, memory_limit: str | None) -> None:
     """Run preprocess once and print its timings, stats and peak RSS as JSON (child process side)."""
-    timings: dict[str, float] = {}
+    timings = StageTimings()
     start = time.perf_counter()
     stats = preprocess(raw, "amazon-ratings-csv", 5, 5, 50, out, timings=timings, engine=engine,
                        memory_limit=memory_limit)
     total = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"timings": timings, "total": total, "stats": stats, "peak_rss_mb": rss_mb}))
+    print(json.dumps({"timings": timings, "total": total, "stats": stats, "peak_rss_mb": _peak_rss_mb(),
+                      "stage_peak_rss_mb": timings.peak_rss_mb}))
 
 
 def output_digests(out: Path) -> dict[str, str]:
@@ -106,6 +123,8 @@ def report(n: int, raw: Path, gen_s: float | None, result: dict, engine: str, me
         ("split + write (order, remap, split; Parquet + stats)", f"{t['split'] + t['write']:.2f} s"),
         ("total preprocess", f"{result['total']:.2f} s"),
         ("peak RSS (preprocess process)", f"{result['peak_rss_mb']:,.0f} MiB"),
+        ("peak RSS by the end of read / hash / k-core / split / write",
+         " / ".join(f"{result['stage_peak_rss_mb'][stage]:,.0f}" for stage in STAGES) + " MiB"),
         ("machine", _machine()),
     ]
     limit = f", memory_limit {memory_limit or 'default'}" if engine == "duckdb" else ""
