@@ -43,16 +43,13 @@ class RawCounts:
 
 
 @contextlib.contextmanager
-def workspace(beside: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-              threads: int | None = None) -> Iterator[Workspace]:
+def workspace(beside: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> Iterator[Workspace]:
     """A DuckDB database in a temp folder next to `beside` (the output folder: same disk), removed afterwards."""
     beside.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.duckdb.", dir=beside.parent))
     try:
         config = {"memory_limit": memory_limit, "temp_directory": str(folder / "spill"),
                   "preserve_insertion_order": False}  # every query that needs an order says ORDER BY
-        if threads:
-            config["threads"] = threads
         con = duckdb.connect(str(folder / "work.duckdb"), config=config)
         try:
             yield Workspace(con)
