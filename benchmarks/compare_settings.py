@@ -9,6 +9,9 @@ Setting A defaults to the unoptimised reference path (length_buckets=[], batch_v
 standard deviation over seeds of each setting, the difference B - A, that difference in units of A's seed standard
 deviation, and Welch's t-test p-value. "Statistically equal" here means no metric differs at --alpha (a small seed
 count only detects large effects, which is why the difference is also given in seed standard deviations).
+
+Any run setting can differ, `nproc` too: `--a nproc=1 --b nproc=2` compares one process with one training over two
+processes at the same global batch (the trainer starts the processes; docs/performance.md, "Distributed training").
 """
 
 from __future__ import annotations

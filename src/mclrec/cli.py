@@ -170,7 +170,12 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Override the seed (train.seed)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (overrides num_threads; the "
-                                                            "workflows pass the job's threads)."),
+                                                            "workflows pass the job's threads). With N processes "
+                                                            "each takes threads // N."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", min=1,
+        help="Train over N processes (overrides nproc): one training, the batch split over them; gloo on the CPU, "
+             "NCCL on CUDA with one GPU each. Under torchrun the processes are torchrun's."),
     max_epochs: Optional[int] = typer.Option(None, help="Override max_epochs."),
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default models/<dataset>/<variant>/seed<seed>)."),
@@ -190,12 +195,22 @@ def train(
              "Env: MCLREC_DETERMINISTIC=1.",
     ),
 ) -> None:
-    """Train one variant on one dataset: best.pt, last.pt, log.jsonl and summary.json in the run folder."""
+    """Train one variant on one dataset: best.pt, last.pt, log.jsonl and summary.json in the run folder.
+
+    Over several processes: `mclrec train --nproc N ...` starts them itself; `torchrun --nproc-per-node N -m mclrec
+    train ...` runs this command as each of torchrun's processes."""
     from mclrec.data.processed import load_processed
     from mclrec.device import enable_determinism
+    from mclrec.training.distributed import Group
     from mclrec.training.trainer import train as run_training
 
     with user_errors():
+        launched = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of torchrun's processes
+        if launched > 1 and nproc not in (None, launched):
+            raise MclrecError(f"--nproc {nproc}, but torchrun started {launched} processes (WORLD_SIZE)")
+        if gpu_slots and (launched > 1 or (nproc or 1) > 1):
+            raise MclrecError("--gpu-slots (MCLREC_GPU_SLOTS) shares one GPU between trainings; a training over "
+                              "several processes takes one GPU per process: unset it")
         if gpu_slots:
             from mclrec.gpu_slots import claim_for_this_process
 
@@ -203,17 +218,31 @@ def train(
         if deterministic:
             enable_determinism()
         overrides = config.parse_overrides(set_)
-        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs), ("num_threads", threads)):
+        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs), ("nproc", nproc)):
             if value is not None:
                 overrides[key] = value
         cfg = config.run_config(config.load_params(params), dataset, variant, overrides)
+        if launched > 1:
+            if cfg.nproc not in (1, launched):
+                raise MclrecError(f"nproc is {cfg.nproc} (params.yaml or --set), but torchrun started {launched} "
+                                  "processes (WORLD_SIZE)")
+            cfg = cfg.replace(nproc=launched)
+        if threads is not None:
+            cfg = cfg.replace(num_threads=max(1, threads // cfg.nproc))
         data = load_processed(data_dir or paths.processed_dir(dataset))
         if data.max_len != cfg.max_len:
             raise MclrecError(f"{data_dir or paths.processed_dir(dataset)}: processed with max_len={data.max_len}, "
                               f"params say {cfg.max_len}; re-run `mclrec preprocess {dataset}`")
         mode = "must" if resume else "if-compatible" if resume_if_compatible else "never"
-        summary = run_training(cfg, data, out or paths.run_dir(dataset, variant, cfg.seed), resume=mode,
-                               progress=progress)
+        group = Group.from_env(cfg.device) if launched > 1 else None
+        try:
+            summary = run_training(cfg, data, out or paths.run_dir(dataset, variant, cfg.seed), resume=mode,
+                                   progress=progress, group=group)
+        finally:
+            if group is not None:
+                group.close()
+        if group is not None and not group.is_main:
+            return
         err_console.print(f"{dataset}/{variant}: {summary['stopped']}; best {summary['valid_metric']}="
                           f"{summary['best_valid_metric']:.4f} at epoch {summary['best_epoch']} "
                           f"({summary['train_seconds']:.0f} s)")

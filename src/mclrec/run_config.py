@@ -41,6 +41,7 @@ class RunConfig:
     seed: int
     device: str
     num_threads: Optional[int]
+    nproc: int  # processes of one training (training/distributed.py); 1 = one process, no process group
     max_epochs: int
     max_minutes: Optional[float]
     patience: int

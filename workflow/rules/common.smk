@@ -90,9 +90,11 @@ def train_settings(wildcards):
 
 
 def train_threads(wildcards):
-    """A training's threads: the run's num_threads when set, else 2 (Snakemake caps them at --cores; the profile's
-    set-threads overrides them). The train command passes them to torch."""
-    return train_settings(wildcards)["num_threads"] or 2
+    """A training's threads: the run's num_threads when set, else 2, for each of its nproc processes (Snakemake caps
+    them at --cores; the profile's set-threads overrides them). The train command passes them to torch, each
+    process taking threads // nproc."""
+    settings = train_settings(wildcards)
+    return (settings["num_threads"] or 2) * settings["nproc"]
 
 
 def evaluation(wildcards):
@@ -107,8 +109,9 @@ def evaluated_files(wildcards):
 
 
 def gpu_jobs(wildcards):
-    """A training takes one `gpu_slots` unit on a machine with a GPU (the profile caps how many run at once), else 0."""
-    return int(CUDA_AVAILABLE)
+    """A training takes one `gpu_slots` unit per process on a machine with a GPU (a training over nproc processes
+    puts each on its own GPU; the profile caps how many run at once), else 0."""
+    return int(CUDA_AVAILABLE) * train_settings(wildcards)["nproc"]
 
 
 def seed_results(wildcards):

@@ -194,6 +194,8 @@ def results_record(dataset: str, result: dict[str, Any], meta: dict[str, Any], c
         "epochs_run": summary.get("epochs_run"),
         "train_seconds": summary.get("train_seconds", state.get("train_seconds")),
         "stopped": summary.get("stopped"),
+        # processes the run trained over (runs from before multi-process training: 1); None for RecBole files
+        "world_size": summary.get("world_size", meta.get("world_size", 1)) if fmt == "mclrec" else None,
         "config": cfg,
         "checkpoint": str(checkpoint),
         "checkpoint_format": fmt,

@@ -6,6 +6,9 @@ cl4srec: L = L_rec + lambda_cl1 * info_nce(h1, h2)   (two stochastic views)
 duorec:  L = L_rec + lambda_sem * info_nce(h', hs)   (dropout view, same-target positive)
 mclrec:  L0 = L_rec + lambda_cl1 * L_cl1 + beta * (L_cl2 + reg_weight * R)       (Eq. 14)
          L_aug = L_cl2 + reg_weight * R  (the augmenters' loss in the meta schedule)
+
+A batch split over several processes (Batch.shard set) gives each its share of these losses (models/losses.py):
+the contrastive terms see the whole batch's encodings, gathered with their gradients (training/shards.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from mclrec.models.fast_encoding import encode
 from mclrec.models.packed_encoding import encode_packed
 from mclrec.models.parts import ModelParts, build_parts, uses_augmenters  # noqa: F401 (build_parts: re-exported)
 from mclrec.run_config import RunConfig
-from mclrec.models.losses import bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
+from mclrec.models.losses import Rows, bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
+from mclrec.training.shards import Shard, gather_rows
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Batch:
     view2: Optional[tuple[Tensor, Tensor]] = None
     partner: Optional[tuple[Tensor, Tensor]] = None
     negatives: Optional[Tensor] = None  # loss bce: one negative item per position, [B, L]
+    shard: Shard | None = None  # these are one process's rows of a batch split over several processes
+    positions: Tensor | None = None  # loss bce on a shard: the whole batch's count of target positions
 
 
 def mask_id(cfg: RunConfig, n_items: int) -> int:
@@ -58,12 +64,26 @@ def make_batch(cfg: RunConfig, seq: Tensor, lengths: Tensor, targets: Tensor, ge
     return batch
 
 
-def _rec_loss(cfg: RunConfig, encoder: SASRecEncoder, h: Tensor, targets: Tensor, generator: torch.Generator) -> Tensor:
-    """L_rec: full-softmax cross-entropy, or BPR against one uniformly sampled negative."""
+def _rec_loss(cfg: RunConfig, encoder: SASRecEncoder, h: Tensor, targets: Tensor, generator: torch.Generator,
+              shard: Shard | None = None) -> Tensor:
+    """L_rec: full-softmax cross-entropy, or BPR against one uniformly sampled negative (on a shard: its share)."""
+    if shard is None:
+        if cfg.loss == "bpr":
+            negatives = sample_negatives(targets, encoder.n_items, generator)
+            return bpr_loss(h, encoder.item_weights(), targets, negatives)
+        return rec_ce_loss(h, encoder.item_weights(), targets)
+    rows = shard.rows
     if cfg.loss == "bpr":
-        negatives = sample_negatives(targets, encoder.n_items, generator)
-        return bpr_loss(h, encoder.item_weights(), targets, negatives)
-    return rec_ce_loss(h, encoder.item_weights(), targets)
+        negatives = sample_negatives(targets, encoder.n_items, generator, rows)
+        return bpr_loss(h, encoder.item_weights(), targets, negatives, total=rows.total)
+    return rec_ce_loss(h, encoder.item_weights(), targets, total=rows.total)
+
+
+def _contrast(a: Tensor, b: Tensor, temperature: float, shard: Shard | None) -> Tensor:
+    """info_nce(a, b), or on a shard its share against the whole batch's rows."""
+    if shard is None:
+        return info_nce(a, b, temperature)
+    return info_nce(*gather_rows(shard, a, b), temperature, shard.rows)
 
 
 def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
@@ -71,7 +91,10 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
 
     Rows never interact in the encoder, so one call gives each row the same function as separate calls; only the
     order in which dropout masks are drawn differs (masks are i.i.d., so the training process has the same law).
+    Views without rows (a process that has none of a small last batch, training/distributed.py) encode to [0, H].
     """
+    if all(len(seq) == 0 for seq, _ in views):
+        return [_no_rows(encoder) for _ in views]
     buckets = cfg.length_buckets
     read_out = encode_packed if cfg.packed_tokens else encode
     dtype = encoder.item_embedding.weight.dtype  # the read-outs leave in the parameters' dtype, whatever autocast did
@@ -82,6 +105,13 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
         seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
         h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets).to(dtype)
     return list(h.split([len(seq) for seq, _ in views]))
+
+
+def _no_rows(encoder: SASRecEncoder) -> Tensor:
+    """The read-out of no rows, [0, H]; it takes gradients like a read-out, so a gather of it joins the backward."""
+    weight = encoder.item_embedding.weight
+    return torch.zeros(0, weight.shape[1], dtype=weight.dtype, device=weight.device).requires_grad_(
+        torch.is_grad_enabled())
 
 
 def reduced_precision(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -101,10 +131,11 @@ def sasrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
     """SASRec: L = L_rec (Eq. 3), or with loss bce the original objective at every position of the sequence."""
     enc = parts.encoder
     if cfg.loss == "bce":  # batch.targets are the next items [B, L], batch.negatives one sampled item each
-        rec = bce_loss(enc.sequence_states(batch.seq), enc.item_weights(), batch.targets, batch.negatives)
+        rec = bce_loss(enc.sequence_states(batch.seq), enc.item_weights(), batch.targets, batch.negatives,
+                       batch.positions)
         return rec, {"rec": rec}
     (h,) = encode_views(cfg, enc, (batch.seq, batch.lengths))
-    rec = _rec_loss(cfg, enc, h, batch.targets, generator)
+    rec = _rec_loss(cfg, enc, h, batch.targets, generator, batch.shard)
     return rec, {"rec": rec}
 
 
@@ -113,8 +144,8 @@ def cl4srec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: tor
     if cfg.lambda_cl1 == 0:
         return sasrec_loss(cfg, parts, batch, generator)
     h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
-    rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator)
-    cl1 = info_nce(h1, h2, cfg.temperature)
+    rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator, batch.shard)
+    cl1 = _contrast(h1, h2, cfg.temperature, batch.shard)
     return rec + cfg.lambda_cl1 * cl1, {"rec": rec, "cl1": cl1}
 
 
@@ -125,8 +156,8 @@ def duorec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
         return sasrec_loss(cfg, parts, batch, generator)
     inputs = (batch.seq, batch.lengths)
     h, h_drop, h_sem = encode_views(cfg, parts.encoder, inputs, inputs, batch.partner)
-    rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator)
-    sem = info_nce(h_drop, h_sem, cfg.temperature)
+    rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator, batch.shard)
+    sem = _contrast(h_drop, h_sem, cfg.temperature, batch.shard)
     return rec + cfg.lambda_sem * sem, {"rec": rec, "sem": sem}
 
 
@@ -135,16 +166,20 @@ def mclrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
 
     L_cl1 = L_con(h1, h2) (Eq. 8); L_cl2 and R (Eq. 9-13) contrast h1, h2 with z1 = w1(h1), z2 = w2(h2). Without
     augmenters (cl2: false) there is no L_cl2 and no R, and L0 is CL4SRec's loss.
+    On a shard, h1 and h2 are gathered once; the augmenters (row by row) then map the whole batch's views.
     """
     if not uses_augmenters(cfg):
         return cl4srec_loss(cfg, parts, batch, generator)
     h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
-    terms = {"rec": _rec_loss(cfg, parts.encoder, h, batch.targets, generator)}
+    terms = {"rec": _rec_loss(cfg, parts.encoder, h, batch.targets, generator, batch.shard)}
     total = terms["rec"]
+    rows = None
+    if batch.shard is not None:
+        (h1, h2), rows = gather_rows(batch.shard, h1, h2), batch.shard.rows
     if cfg.lambda_cl1 > 0:
-        terms["cl1"] = info_nce(h1, h2, cfg.temperature)
+        terms["cl1"] = info_nce(h1, h2, cfg.temperature, rows)
         total = total + cfg.lambda_cl1 * terms["cl1"]
-    aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2)
+    aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2, rows)
     terms.update(aug_terms)
     return total + cfg.beta * aug_total, terms
 
@@ -156,13 +191,17 @@ def augmenter_loss(cfg: RunConfig, parts: ModelParts, batch: Batch) -> tuple[Ten
     """L1 = L_cl2 + gamma * R (Eq. 15), the augmenters' loss; the encoder re-encodes the views without autograd."""
     with torch.no_grad():
         h1, h2 = encode_views(cfg, parts.encoder, batch.view1, batch.view2)
-    return _augmented_terms(cfg, parts, h1, h2)
+        if batch.shard is not None:
+            h1, h2 = gather_rows(batch.shard, h1, h2)
+    return _augmented_terms(cfg, parts, h1, h2, batch.shard.rows if batch.shard is not None else None)
 
 
-def _augmented_terms(cfg: RunConfig, parts: ModelParts, h1: Tensor, h2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_cl2 (Eq. 9) plus gamma * R (Eq. 11-13, gamma = reg_weight) on z1 = w1(h1), z2 = w2(h2) (Eq. 5-7)."""
+def _augmented_terms(cfg: RunConfig, parts: ModelParts, h1: Tensor, h2: Tensor,
+                     rows: Rows | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_cl2 (Eq. 9) plus gamma * R (Eq. 11-13, gamma = reg_weight) on z1 = w1(h1), z2 = w2(h2) (Eq. 5-7);
+    `rows`: h1, h2 hold the whole batch and these rows' share is computed."""
     z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
-    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg.reg)
+    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg.reg, rows=rows)
     terms = {"cl2": cl2}
     total = cl2
     if reg is not None:

@@ -1,9 +1,15 @@
-"""The training loop: seeded batches, the model's update schedule, validation, early stopping, resume."""
+"""The training loop: seeded batches, the model's update schedule, validation, early stopping, resume.
+
+A run with nproc > 1 is one training over several processes (training/distributed.py): `train` launches them
+(training/launch.py), or runs as one of them under torchrun (`group`). Without a group nothing of that runs: the
+one-process path and its numbers are those of earlier versions.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,23 +25,23 @@ from mclrec.device import resolve_device  # noqa: F401 (also the trainer's publi
 from mclrec.environment import run_environment
 from mclrec.run_config import AUTO, RunConfig, length_buckets_for
 from mclrec.paths import RUN_BEST, RUN_CURVES, RUN_LAST, RUN_LOG, RUN_PREV, RUN_SUMMARY
-from mclrec.errors import MclrecError
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
 from mclrec.data.instances import eval_instances
 from mclrec.training.early_stopping import judge, stop_reason
 from mclrec.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                                saved_generator_device)
+from mclrec.training.distributed import Group, data_fingerprint, dropout_seed, parameters_fingerprint, reduce_step
+from mclrec.training.errors import TrainingError
 from mclrec.training.feed import TrainingFeed, sync_free
+from mclrec.training.launch import launch
 from mclrec.training.objectives import ModelParts, augmenter_loss, build_parts, encoder_loss, uses_augmenters
+from mclrec.training.shards import Shard
 
 # PREV: the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
 BEST, LAST, PREV, LOG, SUMMARY, CURVES = RUN_BEST, RUN_LAST, RUN_PREV, RUN_LOG, RUN_SUMMARY, RUN_CURVES
-RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size")
-
-
-class TrainingError(MclrecError):
-    """Training cannot go on (non-finite loss, incompatible resume)."""
+# nproc: a resume over another number of processes is refused with its own message (_restore)
+RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size", "nproc")
 
 
 @dataclass
@@ -115,6 +121,26 @@ def _update(loss: torch.Tensor, optimisers: Optimisers, optimiser: torch.optim.O
     optimisers.zero_grad()
     loss.backward()
     optimiser.step()
+
+
+def _apply(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: str, optimisers: Optimisers,
+           optimiser: torch.optim.Optimizer, checks: FiniteChecks, shard: Shard | None) -> dict[str, torch.Tensor]:
+    """Check the loss terms and _update; returns the terms.
+
+    On a shard (one process's rows of the batch) the check waits for the whole batch's terms: after the backward,
+    the gradients of the optimiser's parameters and the terms are summed over the processes (reduce_step), then
+    checked, then the optimiser steps. The returned terms are then the whole batch's.
+    """
+    if shard is None:
+        checks.check(terms, step)
+        _update(loss, optimisers, optimiser)
+        return terms
+    optimisers.zero_grad()
+    loss.backward()
+    terms = reduce_step([p for group in optimiser.param_groups for p in group["params"]], terms)
+    checks.check(terms, step)
+    optimiser.step()
+    return terms
 
 
 def _check_finite(terms: dict[str, torch.Tensor], step: str) -> None:
@@ -211,18 +237,14 @@ def single_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch
                 checks: FiniteChecks) -> dict[str, torch.Tensor]:
     """The baselines (and MCLRec without augmenters): theta <- Adam(theta, grad_theta L)."""
     loss, terms = encoder_loss(cfg, parts, batch, generator)
-    checks.check(terms, "encoder")
-    _update(loss, optimisers, optimisers.encoder)
-    return _detached(terms)
+    return _detached(_apply(loss, terms, "encoder", optimisers, optimisers.encoder, checks, batch.shard))
 
 
 def joint_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator,
                checks: FiniteChecks) -> dict[str, torch.Tensor]:
     """MCLRec-J (Fig. 3): one Adam step on L0 (Eq. 14) for theta, phi1 and phi2 together."""
     loss, terms = encoder_loss(cfg, parts, batch, generator)
-    checks.check(terms, "joint")
-    _update(loss, optimisers, optimisers.encoder)
-    return _detached(terms)
+    return _detached(_apply(loss, terms, "joint", optimisers, optimisers.encoder, checks, batch.shard))
 
 
 def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator,
@@ -230,26 +252,24 @@ def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch
     """MCLRec's meta-optimised updates of one batch (Sec. 3.3, Algorithm 1).
 
     meta (default) runs steps 1-3, as the published code's trainer does; paper runs steps 1-2, as Algorithm 1
-    writes it. Each step zeroes every gradient, so a step moves only the parameters its optimiser holds.
+    writes it. Each step zeroes every gradient, so a step moves only the parameters its optimiser holds; on a
+    shard, each step sums over the processes the gradients of exactly the parameters it moves (_apply).
     """
     # Step 1 (Alg. 1 lines 3-4): L0 = L_rec + lambda L_cl1 + beta (L_cl2 + gamma R) (Eq. 14); theta moves,
     # the augmenters phi1, phi2 stay fixed.
     loss, terms = encoder_loss(cfg, parts, batch, generator)
-    checks.check(terms, "encoder")
-    _update(loss, optimisers, optimisers.encoder)
-    logged = _detached(terms)
+    logged = _detached(_apply(loss, terms, "encoder", optimisers, optimisers.encoder, checks, batch.shard))
     # Step 2 (Alg. 1 lines 6-9): the updated encoder theta' re-encodes the views without gradient;
     # L1 = L_cl2 + gamma R (Eq. 9-13, 15); phi1 and phi2 move, theta stays fixed.
     aug_loss, _ = augmenter_loss(cfg, parts, batch)
-    checks.check({"augmenter": aug_loss}, "augmenter")
-    _update(aug_loss, optimisers, optimisers.augmenter)
-    logged["augmenter"] = aug_loss.detach()
+    aug_terms = _apply(aug_loss, {"augmenter": aug_loss}, "augmenter", optimisers, optimisers.augmenter, checks,
+                       batch.shard)
+    logged["augmenter"] = aug_terms["augmenter"].detach()
     if cfg.schedule == "meta":
         # Step 3, the published code's addition (not in Algorithm 1): L0 again with the updated augmenters;
         # theta moves. Its loss is not logged (the official trainer logs step 1's).
         loss, terms = encoder_loss(cfg, parts, batch, generator)
-        checks.check(terms, "encoder (step 3)")
-        _update(loss, optimisers, optimisers.encoder)
+        _apply(loss, terms, "encoder (step 3)", optimisers, optimisers.encoder, checks, batch.shard)
     return logged
 
 
@@ -279,13 +299,15 @@ def _module_states(parts: ModelParts) -> dict[str, dict[str, torch.Tensor]]:
     return {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in parts.modules().items()}
 
 
-def _best_payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState) -> dict[str, Any]:
+def _best_payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState,
+                  world_size: int = 1) -> dict[str, Any]:
     """best.pt: the weights of the best validation epoch, enough to evaluate or fine-tune."""
-    return _payload(cfg, modules, data, replace(state, epoch=state.best_epoch), valid=state.best_valid)
+    return _payload(cfg, modules, data, replace(state, epoch=state.best_epoch), valid=state.best_valid,
+                    world_size=world_size)
 
 
 def _payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState, **extra: Any) -> dict[str, Any]:
-    """Checkpoint contents common to best.pt and last.pt."""
+    """Checkpoint contents common to best.pt and last.pt (extra: world_size, the processes the run trained on)."""
     return {
         "config": cfg.to_dict(),
         "modules": modules,
@@ -319,41 +341,57 @@ def _settings_to_resume(path: Path, cfg: RunConfig, ckpt: dict[str, Any], device
 
 
 def _restore(path: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
-             data: ProcessedData) -> tuple[RunState, dict, RunConfig]:
+             data: ProcessedData, group: Group | None = None) -> tuple[RunState, dict, RunConfig]:
     """Load last.pt into the live modules, optimisers and RNGs; refuse an incompatible run. Returns the best weights
-    and the settings the run continues with (_settings_to_resume) too."""
+    and the settings the run continues with (_settings_to_resume) too.
+
+    Over several processes (group), each restores its own random states (rng_ranks[rank]); a run is resumed only
+    over as many processes as it trained on, since each process's dropout stream cannot be split or merged.
+    """
     ckpt = load_checkpoint(path)
     if ckpt["n_items"] != data.n_items:
         raise TrainingError(f"{path}: checkpoint has {ckpt['n_items']} items, the data has {data.n_items}")
+    world_size, trained_over = group.world_size if group else 1, ckpt.get("world_size", 1)
+    if trained_over != world_size:
+        raise TrainingError(f"{path}: cannot resume, the run trained over {trained_over} process(es) and this one "
+                            f"runs over {world_size}; resume it with nproc {trained_over} (each process has its own "
+                            "random stream, which cannot be split or merged)")
     device = next(parts.encoder.parameters()).device  # the run device
     cfg = _settings_to_resume(path, cfg, ckpt, device)
     for name, module in parts.modules().items():
         module.load_state_dict(ckpt["modules"][name])
     optimisers.load_state_dict(ckpt["optimisers"])
     state = RunState(**ckpt["state"])
-    if not restore_rng_state(ckpt["rng"], generator, device, reseed=cfg.seed + 1_000_003 * state.epoch):
-        print(f"warning: {path} was written on a {saved_generator_device(ckpt['rng'])} run and this one runs on "
-              f"{device}; random streams cannot move between device types, so they were reseeded from the seed and "
-              "the epoch (deterministic, the same law, not the numbers of an uninterrupted run)", file=sys.stderr)
+    rng = ckpt["rng_ranks"][group.rank] if group else ckpt["rng"]
+    reseed = cfg.seed + 1_000_003 * state.epoch
+    if not restore_rng_state(rng, generator, device, reseed=reseed):
+        if group and device.type == "cuda":
+            torch.cuda.manual_seed(dropout_seed(reseed, group.rank))  # dropout streams stay distinct per process
+        if group is None or group.is_main:
+            print(f"warning: {path} was written on a {saved_generator_device(rng)} run and this one runs on "
+                  f"{device}; random streams cannot move between device types, so they were reseeded from the seed "
+                  "and the epoch (deterministic, the same law, not the numbers of an uninterrupted run)",
+                  file=sys.stderr)
     return state, ckpt["best"], cfg
 
 
 def _restore_latest(run_dir: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
-                    data: ProcessedData) -> tuple[RunState, dict, RunConfig, bool]:
+                    data: ProcessedData, group: Group | None = None) -> tuple[RunState, dict, RunConfig, bool]:
     """_restore last.pt or, when it is missing or unreadable, last.prev.pt (warning on stderr); True if it fell back.
 
     A settings mismatch (TrainingError) is not a reason to fall back; CheckpointError names both files if neither loads.
     """
     last, prev = run_dir / LAST, run_dir / PREV
     try:
-        return (*_restore(last, cfg, parts, optimisers, generator, data), False)
+        return (*_restore(last, cfg, parts, optimisers, generator, data, group), False)
     except CheckpointError as exc:
         if not prev.exists():
             raise
         problem = exc
-    print(f"warning: {problem}; resuming from the previous epoch's checkpoint {prev} instead", file=sys.stderr)
+    if group is None or group.is_main:
+        print(f"warning: {problem}; resuming from the previous epoch's checkpoint {prev} instead", file=sys.stderr)
     try:
-        return (*_restore(prev, cfg, parts, optimisers, generator, data), True)
+        return (*_restore(prev, cfg, parts, optimisers, generator, data, group), True)
     except CheckpointError as exc:
         raise CheckpointError(f"cannot resume: neither {last} nor {prev} is usable ({problem}; {exc})") from None
 
@@ -377,15 +415,18 @@ READ_EVERY = 100  # batches between the deferred non-finite checks' reads (each 
 
 
 def _train_epoch(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, feed: TrainingFeed, generator: torch.Generator,
-                 on_batch: Callable[[], None], deferred: bool = False) -> dict[str, float]:
+                 on_batch: Callable[[], None], deferred: bool = False, group: Group | None = None) -> dict[str, float]:
     """One pass over the shuffled training instances; returns the mean of each loss component.
 
     deferred (a sync-free step): the non-finite checks are read every READ_EVERY batches and at the end, the loss
     sums at the end; nothing else in the loop reads a device value on the host.
+    group: every process builds each whole batch and steps on its own rows of it (Group.local).
     """
     parts.train(True)
     checks, sums = FiniteChecks(deferred), LossSums()
     for number, batch in enumerate(feed.epoch(generator), start=1):
+        if group is not None:
+            batch = group.local(batch)
         checks.batch = number
         sums.add(train_step(cfg, parts, optimisers, batch, generator, checks))
         if checks.batch % READ_EVERY == 0:
@@ -396,7 +437,7 @@ def _train_epoch(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, feed
 
 
 def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str = "never", progress: bool = True,
-          sync_free_step: Optional[bool] = None) -> dict[str, Any]:
+          sync_free_step: bool | None = None, group: Group | None = None) -> dict[str, Any]:
     """Train one run into `run_dir` (best.pt, last.pt, log.jsonl, summary.json); return the summary.
 
     resume: "never" starts afresh; "must" continues from last.pt (error if its settings differ);
@@ -404,17 +445,31 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     A missing or unreadable last.pt falls back to last.prev.pt, the checkpoint of the epoch before it.
     sync_free_step: run the step that never waits for the device (full-width batches, deferred non-finite checks,
     fused Adam); default: on CUDA (feed.sync_free). True on the CPU runs that path there, for tests.
+    nproc > 1: without `group`, start nproc processes of this training and return rank 0's summary; each runs
+    train with its `group` (this process's place in the run, also under torchrun). Rank 0 writes the files.
     """
     cfg = RunConfig.of(cfg)
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    if group is None and cfg.nproc > 1:
+        _check_processes(cfg, cfg.nproc, launching=True)
+        return launch(cfg.nproc, _process, cfg.to_dict(), data, str(run_dir), resume, progress, sync_free_step)
+    world_size = group.world_size if group else 1
+    if world_size != cfg.nproc:
+        raise TrainingError(f"nproc is {cfg.nproc} but {world_size} process(es) run this training")
+    _check_processes(cfg, world_size)
+    main = group is None or group.is_main  # the process that writes checkpoints, logs and the summary
+    device = group.device if group else resolve_device(cfg.device)
     cfg = cfg.on_device(device.type)  # length_buckets: auto
     step_sync_free = sync_free(device) if sync_free_step is None else sync_free_step
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    elif group:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))  # share the cores, never oversubscribe
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     parts = build_parts(cfg, data.n_items).to(device)
+    if group:
+        _join(group, cfg, data, parts)
     optimisers = Optimisers(cfg, parts, fused=step_sync_free)
     feed = TrainingFeed.build(cfg, data, device, sync_free_step=step_sync_free)
     valid_data = eval_instances(data, "valid", device)
@@ -422,65 +477,124 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     state, best_modules, fell_back = RunState(), None, False
     if resume != "never" and ((run_dir / LAST).exists() or (run_dir / PREV).exists()):
         try:
-            state, best_modules, cfg, fell_back = _restore_latest(run_dir, cfg, parts, optimisers, generator, data)
+            state, best_modules, cfg, fell_back = _restore_latest(run_dir, cfg, parts, optimisers, generator, data,
+                                                                  group)
         except TrainingError:
             if resume == "must":
                 raise
+    if group:  # every process has read the checkpoint before rank 0 touches the run folder
+        group.agree("the checkpoint they continue from", {"epoch": state.epoch, "fell back": fell_back})
     resumed = state.epoch > 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(run_dir, (BEST, LAST, LOG, SUMMARY, CURVES))
-    if not resumed:
-        (run_dir / PREV).unlink(missing_ok=True)  # another run's: never fall back into it
-    if best_modules is not None and (fell_back or not (run_dir / BEST).exists()):
-        save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
-    if resumed:
-        _write_log(run_dir, state.log, cfg.valid_metric)  # Snakemake deletes it before re-running a killed job
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir, (BEST, LAST, LOG, SUMMARY, CURVES))
+        if not resumed:
+            (run_dir / PREV).unlink(missing_ok=True)  # another run's: never fall back into it
+        if best_modules is not None and (fell_back or not (run_dir / BEST).exists()):
+            save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state, world_size))
+        if resumed:
+            _write_log(run_dir, state.log, cfg.valid_metric)  # Snakemake deletes it before re-running a killed job
     rotate = resumed and not fell_back  # last.pt is this run's good checkpoint: keep it as last.prev.pt
 
     started = time.monotonic() - state.train_seconds
     n_batches = feed.batches_per_epoch
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                  disable=not progress, transient=False) as bar:
+                  disable=not (progress and main), transient=False) as bar:
         while not state.stopped and state.epoch < cfg.max_epochs and not _out_of_time(cfg, state):
             epoch = state.epoch + 1
             task = bar.add_task(f"epoch {epoch}", total=n_batches, info="")
             t0 = time.monotonic()
             try:
                 losses = _train_epoch(cfg, parts, optimisers, feed, generator,
-                                      lambda: bar.advance(task), deferred=step_sync_free)
+                                      lambda: bar.advance(task), deferred=step_sync_free, group=group)
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
             train_time = time.monotonic() - t0
-            valid = evaluate(parts.encoder, valid_data, cfg.eval_batch_size, validation_ks(cfg.valid_metric),
-                             cfg.length_buckets)
+            valid = (group.evaluate if group else evaluate)(parts.encoder, valid_data, cfg.eval_batch_size,
+                                                            validation_ks(cfg.valid_metric), cfg.length_buckets)
             metric = valid[cfg.valid_metric]
             state.epoch = epoch
             state.train_seconds = time.monotonic() - started
-            record = {"epoch": epoch, "loss": losses,
-                      "valid": valid, "epoch_seconds": train_time, "eval_seconds": time.monotonic() - t0 - train_time}
+            rng = {"rng": rng_state(generator, device)}
+            if group:
+                rng["rng_ranks"] = _synchronise(group, state, rng["rng"], parts)
+            record = {"epoch": epoch, "loss": losses, "valid": valid, "epoch_seconds": train_time,
+                      "eval_seconds": time.monotonic() - t0 - train_time, "world_size": world_size}
             state.log.append(record)
             decision = judge(metric, state.best_metric, state.bad_epochs, cfg.patience, cfg.early_stopping)
             if decision.improved:
                 state.best_metric, state.best_epoch, state.best_valid, state.bad_epochs = decision.score, epoch, valid, 0
                 best_modules = _module_states(parts)
-                save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state))
+                if main:
+                    save_checkpoint(run_dir / BEST, _best_payload(cfg, best_modules, data, state, world_size))
             else:
                 state.bad_epochs += 1
             if decision.stop:
                 state.stopped = stop_reason(cfg.valid_metric, cfg.patience, cfg.early_stopping)
-            save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
-                                                    optimisers=optimisers.state_dict(), rng=rng_state(generator, device)),
-                            keep_previous=run_dir / PREV if rotate else None)
+            if main:
+                save_checkpoint(run_dir / LAST, _payload(cfg, _module_states(parts), data, state, best=best_modules,
+                                                        optimisers=optimisers.state_dict(), world_size=world_size,
+                                                        **rng),
+                                keep_previous=run_dir / PREV if rotate else None)
+                _write_log(run_dir, state.log, cfg.valid_metric)
             rotate = True
-            _write_log(run_dir, state.log, cfg.valid_metric)
             bar.update(task, info=f"{cfg.valid_metric}={metric:.4f} best={state.best_metric:.4f}@{state.best_epoch}")
     stopped = state.stopped or (f"time budget of {cfg.max_minutes} min reached" if _out_of_time(cfg, state)
                                 else f"max_epochs={cfg.max_epochs} reached")
     summary = {"best_epoch": state.best_epoch, "best_valid_metric": state.best_metric, "valid_metric": cfg.valid_metric,
                "epochs_run": state.epoch, "train_seconds": state.train_seconds, "stopped": stopped,
-               "device": str(device), "best_checkpoint": str(run_dir / BEST),
+               "device": str(device), "best_checkpoint": str(run_dir / BEST), "world_size": world_size,
                "environment": run_environment(torch.get_num_threads())}
-    with atomic_open(run_dir / SUMMARY, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2, sort_keys=True)
+    if main:
+        with atomic_open(run_dir / SUMMARY, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2, sort_keys=True)
     return summary
+
+
+def _check_processes(cfg: RunConfig, nproc: int, launching: bool = False) -> None:
+    """Refuse more processes than a batch has rows (each must get a share of every full batch); before `launching`
+    them on this machine, also more than its GPUs, or one named GPU for all."""
+    if nproc > cfg.batch_size:
+        raise TrainingError(f"nproc {nproc} exceeds batch_size {cfg.batch_size}: the batch of {cfg.batch_size} rows "
+                            "is split over the processes, so each needs at least one row")
+    if not launching:
+        return
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        raise TrainingError(f"device {cfg.device} names one GPU; a training over {nproc} processes puts process r on "
+                            "cuda:r: use device cuda or auto")
+    if device.type == "cuda" and torch.cuda.device_count() < nproc:
+        raise TrainingError(f"nproc {nproc} on CUDA needs {nproc} GPUs (one per process); "
+                            f"{torch.cuda.device_count()} visible")
+
+
+def _process(cfg: dict[str, Any], data: ProcessedData, run_dir: str, resume: str, progress: bool,
+             sync_free_step: bool | None) -> dict[str, Any]:
+    """One process of a training over several (started by `launch`): join the process group, train, leave."""
+    group = Group.from_env(cfg["device"])
+    try:
+        return train(cfg, data, Path(run_dir), resume, progress, sync_free_step, group)
+    finally:
+        group.close()
+
+
+def _join(group: Group, cfg: RunConfig, data: ProcessedData, parts: ModelParts) -> None:
+    """Before training over several processes: give this process its own dropout stream (after the identical
+    initialisation) and check that every process has the same settings, data and initial weights."""
+    torch.manual_seed(dropout_seed(cfg.seed, group.rank))
+    group.agree("the run", {"settings": cfg.to_dict(), "processed data (sha256)": data_fingerprint(data),
+                            "initial weights (sha256)": parameters_fingerprint(parts.modules())})
+
+
+def _synchronise(group: Group, state: RunState, rng: dict[str, Any], parts: ModelParts) -> list[dict[str, Any]]:
+    """After an epoch over several processes: every process's random states (rank 0's last.pt holds them all),
+    rank 0's clock for all (so max_minutes stops every process after the same epoch), and a check that the
+    weights are still the same bits everywhere."""
+    every = group.all_objects({"rng": rng, "seconds": state.train_seconds,
+                               "weights": parameters_fingerprint(parts.modules())})
+    if any(other["weights"] != every[0]["weights"] for other in every):
+        raise TrainingError(f"after epoch {state.epoch} the {group.world_size} processes hold different weights "
+                            f"(sha256: {', '.join(other['weights'][:12] for other in every)})")
+    state.train_seconds = every[0]["seconds"]
+    return [other["rng"] for other in every]
