@@ -89,14 +89,17 @@ def peak_rss_mib() -> float:
 class VariantRun:
     """One variant's modules, optimisers and feed, stepping through random batches as training does."""
 
-    def __init__(self, cfg: RunConfig, data: ProcessedData, device: torch.device):
+    def __init__(self, cfg: RunConfig, data: ProcessedData, device: torch.device, sync_free_step: bool | None = None):
+        """sync_free_step: the feed and Adam kernel of a sync-free step (default: on CUDA, as train chooses)."""
         torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, device
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.parts = build_parts(cfg, data.n_items).to(device)
+        if cfg.compile:
+            self.parts.compile(device)
         self.parts.train(True)
-        self.optimisers = Optimisers(cfg, self.parts)
-        self.feed = TrainingFeed.build(cfg, data, device)
+        self.optimisers = Optimisers(cfg, self.parts, fused=sync_free_step)
+        self.feed = TrainingFeed.build(cfg, data, device, sync_free_step=sync_free_step)
         self._batches = iter(())
 
     def next_batch(self):

@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# GPU check for one CUDA machine, run from the project root: per-variant step times on Beauty, then one full
-# Beauty MCLRec training to early stop with GPU utilisation sampled by nvidia-smi, then a summary table.
+# GPU check for one CUDA machine, run from the project root. Phases (all by default, or a list in PHASES):
+#   bench        per-variant step times, FLOP share and evaluation time on Beauty (bench_train.py)
+#   buckets      sasrec and mclrec with and without length buckets (their host syncs: do they pay here?)
+#   kernels      attention math against sdpa, eager against compiled (compile=true), round-robin in one run
+#   syncs        host syncs per training batch, counted by torch.cuda.set_sync_debug_mode (count_syncs.py)
+#   determinism  two `--deterministic` one-epoch trainings with the same seed: identical logs
+#   resume       one epoch on the CPU, resumed on the GPU for a second (random streams reseeded, with a warning)
+#   concurrency  study throughput: 1, 4 and 8 (CONCURRENT) concurrent one-epoch Beauty MCLRec trainings on this GPU
+#   train        one full Beauty MCLRec training to early stop (capped at MAX_MINUTES) with nvidia-smi sampling
 #
 #   MCLREC_MIRROR=<dir with Amazon_Beauty.txt> OUT=<folder for logs> bash benchmarks/gpu_check.sh [MAX_MINUTES]
 #
-# MAX_MINUTES (default 9) caps the training (issue target: early stop in under 10 minutes on an H200-class GPU).
-# Needs the package importable (pip install -e . or PYTHONPATH=src) and a CUDA build of torch.
-# BENCH=0 skips the two benchmarks (to fit the training into a separate call of at most 10 minutes).
-# DATASET (default beauty) and DEVICE (default cuda) exist to rehearse the script on a CPU machine, e.g.
+# MAX_MINUTES (default 5) caps the training (issue target: a full Beauty MCLRec run in under 5 minutes on an H200).
+# Every phase writes <phase>.md into OUT; the end prints them all. Needs the package importable (pip install -e .
+# or PYTHONPATH=src) and a CUDA build of torch. DATASET (default beauty) and DEVICE (default cuda) exist to rehearse
+# the script on a CPU machine, e.g.
 #   DATASET=synthetic DEVICE=cpu BATCHES=2 bash benchmarks/gpu_check.sh 1
-# where nvidia-smi is absent and utilisation is reported as n/a.
+# where nvidia-smi is absent and GPU-only numbers are reported as n/a (CONCURRENT="1 2" keeps the concurrency phase
+# small there).
 set -euo pipefail
-max_minutes="${1:-9}"
+max_minutes="${1:-5}"
 out="${OUT:-gpu-check}"
 dataset="${DATASET:-beauty}"
 device="${DEVICE:-cuda}"
 batches="${BATCHES:-30}"
+phases="${PHASES:-bench buckets kernels syncs determinism resume concurrency train}"
+concurrent="${CONCURRENT:-1 4 8}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 mclrec() { python3 -m mclrec "$@"; }
+has() { [[ " $phases " == *" $1 "* ]]; }
+bench() { python3 benchmarks/bench_train.py --dataset "$dataset" --device "$device" --batches "$batches" --warmup 5 "$@"; }
 
 if [ "$device" != cpu ]; then
     python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
@@ -26,33 +38,80 @@ fi
 mclrec download "$dataset"
 mclrec preprocess "$dataset"
 
-if [ "${BENCH:-1}" != 0 ]; then
-    python3 benchmarks/bench_train.py --dataset "$dataset" --device "$device" --batches "$batches" --warmup 5 \
-        --json "$out/bench-$device.json" | tee "$out/bench-$device.md"
-    # length buckets cost host syncs (.tolist()) per encoder call, so `auto` turns them off on CUDA: do they pay on
-    # this device? Both settings timed round-robin in one run.
-    python3 benchmarks/bench_train.py --dataset "$dataset" --device "$device" --batches "$batches" --warmup 5 \
-        --variants sasrec mclrec --set 'length_buckets=[]' --compare 'length_buckets=[8,16,32]' --no-eval \
-        --json "$out/bench-$device-buckets.json" | tail -n 8 | tee "$out/bench-$device-buckets.md"
+if has bench; then
+    bench --json "$out/bench.json" | tee "$out/bench.md"
+fi
+if has buckets; then
+    bench --variants sasrec mclrec --set 'length_buckets=[]' --compare 'length_buckets=[8,16,32]' --no-eval \
+        --json "$out/buckets.json" | sed -n '/^| variant/,$p' | tee "$out/buckets.md"
+fi
+if has kernels; then
+    # each comparison in one round-robin run; compile's first batches (the compilation) are warm-up
+    bench --variants sasrec mclrec --set attention=math --compare attention=sdpa --no-eval \
+        --json "$out/attention.json" | sed -n '/^| variant/,$p' | tee "$out/kernels.md"
+    bench --variants sasrec mclrec --set compile=false --compare compile=true --warmup 10 --no-eval \
+        --json "$out/compile.json" | sed -n '/^| variant/,$p' | tee -a "$out/kernels.md"
+fi
+if has syncs; then
+    python3 benchmarks/count_syncs.py --dataset "$dataset" --device "$device" --batches 10 | tee "$out/syncs.md"
 fi
 
-: > "$out/gpu-util.csv"
-smi=""
-if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
-        > "$out/gpu-util.csv" &
-    smi=$!
-    trap 'kill $smi 2>/dev/null || true' EXIT
+epoch_log() {  # a run's log without its timings: what two runs of the same seed must share
+    python3 -c "import json,sys; [print(json.dumps({k: v for k, v in json.loads(l).items() if not k.endswith('seconds')}, sort_keys=True)) for l in open(sys.argv[1])]" "$1"
+}
+if has determinism; then
+    for k in 1 2; do
+        rm -rf "$out/det$k"
+        mclrec train -d "$dataset" -m mclrec --device "$device" --deterministic --set max_epochs=1 \
+            --out "$out/det$k" --no-progress 2> "$out/det$k.log"
+    done
+    if [ "$(epoch_log "$out/det1/log.jsonl")" = "$(epoch_log "$out/det2/log.jsonl")" ]; then same=yes; else same=NO; fi
+    printf '| deterministic runs | identical logs |\n|---|---|\n| 2 x 1 epoch, seed 0 | %s |\n' "$same" | tee "$out/determinism.md"
 fi
-start=$(date +%s)
-mclrec train -d "$dataset" -m mclrec --device "$device" --set "max_minutes=$max_minutes" --out "$out/run" --no-progress \
-    2> "$out/train.log"
-wall=$(( $(date +%s) - start ))
-[ -n "$smi" ] && kill "$smi" 2>/dev/null || true
-mclrec evaluate --dataset "$dataset" --variant mclrec --checkpoint "$out/run/best.pt" \
-    --output "$out/$dataset-mclrec.json" 2>> "$out/train.log"
+if has resume; then
+    rm -rf "$out/moved"
+    mclrec train -d synthetic -m mclrec --device cpu --set max_epochs=1 --out "$out/moved" --no-progress 2> "$out/moved.log"
+    mclrec train -d synthetic -m mclrec --device "$device" --set max_epochs=2 --out "$out/moved" --resume --no-progress \
+        2>> "$out/moved.log"
+    epochs=$(wc -l < "$out/moved/log.jsonl")
+    warned=$(grep -c "random streams cannot move between device types" "$out/moved.log" || true)
+    printf '| resume cpu -> %s | epochs in log | reseed warning |\n|---|---|---|\n| synthetic mclrec | %s | %s |\n' \
+        "$device" "$epochs" "$warned" | tee "$out/resume.md"
+fi
+if has concurrency; then
+    printf '| concurrent trainings | wall s | trainings per hour |\n|---|---|---|\n' > "$out/concurrency.md"
+    for n in $concurrent; do
+        start=$(date +%s.%N)
+        for i in $(seq 1 "$n"); do
+            mclrec train -d "$dataset" -m mclrec --device "$device" --seed "$i" --set max_epochs=1 \
+                --out "$out/conc$n/seed$i" --no-progress 2> "$out/conc$n-$i.log" &
+        done
+        wait
+        wall=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$start" "$(date +%s.%N)")
+        python3 -c "import sys; n, w = int(sys.argv[1]), float(sys.argv[2]); print(f'| {n} x 1 epoch | {w} | {3600 * n / w:.0f} epochs/h |')" \
+            "$n" "$wall" >> "$out/concurrency.md"
+    done
+    cat "$out/concurrency.md"
+fi
 
-python3 - "$out" "$wall" "$dataset" <<'EOF'
+if has train; then
+    : > "$out/gpu-util.csv"
+    smi=""
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+            > "$out/gpu-util.csv" &
+        smi=$!
+        trap 'kill $smi 2>/dev/null || true' EXIT
+    fi
+    start=$(date +%s)
+    mclrec train -d "$dataset" -m mclrec --device "$device" --set "max_minutes=$max_minutes" --out "$out/run" \
+        --no-progress 2> "$out/train.log"
+    wall=$(( $(date +%s) - start ))
+    [ -n "$smi" ] && kill "$smi" 2>/dev/null || true
+    mclrec evaluate --dataset "$dataset" --variant mclrec --checkpoint "$out/run/best.pt" \
+        --output "$out/$dataset-mclrec.json" 2>> "$out/train.log"
+
+    python3 - "$out" "$wall" "$dataset" <<'EOF' | tee "$out/train.md"
 import json, statistics, sys
 from pathlib import Path
 
@@ -76,3 +135,10 @@ print(f"\n| {dataset} MCLRec on {'the GPU' if util else 'this device'} | value |
 for name, value in rows:
     print(f"| {name} | {value} |")
 EOF
+fi
+
+echo
+echo "== gpu_check summary ($dataset on $device; phases: $phases) =="
+for phase in $phases; do
+    [ -f "$out/$phase.md" ] && { echo "### $phase"; cat "$out/$phase.md"; echo; }
+done

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mclrec import config
 from mclrec.checkpoint import load_checkpoint, save_checkpoint
 from mclrec.models.parts import build_parts
-from mclrec.run_config import length_buckets_for
+from mclrec.run_config import AUTO, AUTO_SETTINGS, length_buckets_for, packed_tokens_for
 from mclrec.training import objectives, trainer
 from mclrec.training.feed import TrainingFeed, sync_free
 from mclrec.training.trainer import (FiniteChecks, LossSums, Optimisers, TrainingError, _train_epoch, train,
@@ -96,8 +96,8 @@ def _step_setup(tiny, run_cfg, variant, extra, sync_free_step):
     """A run's modules, optimisers, feed and batches as train() builds them, on the CPU: the CUDA configuration
     (sync_free_step: auto length buckets for CUDA, full-width batches, fused Adam, deferred checks) or the CPU's."""
     cfg = run_cfg(variant, **extra)
-    if sync_free_step:
-        cfg = cfg.replace(length_buckets=length_buckets_for("auto", "cuda"))
+    if sync_free_step:  # what `auto` means on CUDA: no length buckets, no packed tokens
+        cfg = cfg.replace(**{key: resolve(AUTO, "cuda") for key, resolve in AUTO_SETTINGS.items()})
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     parts = build_parts(cfg, tiny.n_items).to(CPU)
@@ -227,19 +227,31 @@ def test_length_buckets_auto_resolves_per_device_type(params):
         config.parse_overrides(["length_buckets=automatic"])
 
 
-def test_a_run_resumed_on_the_other_device_type_keeps_its_auto_buckets(tiny, params, tmp_path):
+def test_packed_tokens_auto_resolves_per_device_type(params):
+    assert packed_tokens_for("auto", "cpu") is True and packed_tokens_for("auto", "cuda") is False
+    assert packed_tokens_for(False, "cpu") is False and packed_tokens_for(True, "cuda") is True
+    assert config.settings_defaults()["packed_tokens"] == "auto" and params["train"]["packed_tokens"] == "auto"
+    cfg = config.run_config(params, "synthetic", "mclrec", {"device": "cpu"})
+    assert cfg.packed_tokens is True and cfg.resolved
+    assert not cfg.replace(packed_tokens="auto").resolved
+    assert config.parse_overrides(["packed_tokens=auto"]) == {"packed_tokens": "auto"}
+
+
+def test_a_run_resumed_on_the_other_device_type_keeps_its_auto_settings(tiny, params, tmp_path):
     cfg = config.resolve_run(params, "synthetic", "sasrec")  # length_buckets: auto, as written
     cfg.update(device="cpu", batch_size=256, eval_batch_size=256, max_len=20, max_epochs=1, num_threads=1)
     train(cfg, tiny, tmp_path, progress=False)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["config"]["length_buckets"] == [8, 16, 32]  # stored resolved: evaluation encodes as training did
     # the same run as if started on CUDA (auto resolved to []), resumed here on the CPU
-    ckpt["config"]["length_buckets"] = []
+    assert ckpt["config"]["packed_tokens"] is True
+    ckpt["config"]["length_buckets"], ckpt["config"]["packed_tokens"] = [], False
     ckpt["rng"] = {**ckpt["rng"], "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda",
                    "cuda": torch.zeros(16, dtype=torch.uint8)}
     save_checkpoint(tmp_path / "last.pt", {k: v for k, v in ckpt.items() if k != "format_version"})
     train({**cfg, "max_epochs": 2}, tiny, tmp_path, resume="must", progress=False)
-    assert load_checkpoint(tmp_path / "last.pt")["config"]["length_buckets"] == []
+    resumed = load_checkpoint(tmp_path / "last.pt")["config"]
+    assert resumed["length_buckets"] == [] and resumed["packed_tokens"] is False
     # an explicit list that is not the other device's auto is a changed setting
     with pytest.raises(TrainingError, match="settings differ from the checkpoint: length_buckets"):
         train({**cfg, "max_epochs": 3, "length_buckets": [4]}, tiny, tmp_path, resume="must", progress=False)

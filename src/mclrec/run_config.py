@@ -28,6 +28,27 @@ def length_buckets_for(setting: list[int] | str, device_type: str) -> list[int]:
     return [] if device_type == "cuda" else list(CPU_LENGTH_BUCKETS)
 
 
+def packed_tokens_for(setting: bool | str, device_type: str) -> bool:
+    """Whether a run on `device_type` encodes packed tokens: the setting, or what `auto` means there (on off CUDA,
+    where it does the least work; off on CUDA, where packing reads the groups' sizes on the host, a sync)."""
+    if setting != AUTO:
+        return bool(setting)
+    return device_type != "cuda"
+
+
+def attention_for(setting: str, device_type: str) -> str:
+    """The attention kernel of a run on `device_type`: the setting, or what `auto` means there (sdpa on CUDA, where
+    its fused kernels pay; math elsewhere: on the CPU sdpa is slower with attention dropout, measured)."""
+    if setting != AUTO:
+        return setting
+    return "sdpa" if device_type == "cuda" else "math"
+
+
+# The settings `auto` stands for until a run's device is known, and what they resolve to there.
+AUTO_SETTINGS = {"length_buckets": length_buckets_for, "packed_tokens": packed_tokens_for,
+                 "attention": attention_for}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run (params.schema.yaml, $defs.settings) plus what identifies it."""
@@ -62,7 +83,9 @@ class RunConfig:
     initializer_range: float
     length_buckets: list[int] | str  # a list, or `auto` until on_device resolves it
     batch_views: bool
-    packed_tokens: bool
+    packed_tokens: bool | str  # or `auto` until on_device resolves it
+    attention: str  # math, sdpa, or `auto` until on_device resolves it
+    compile: bool  # torch.compile the encoder's blocks (CUDA; ModelParts.compile)
     precision: str
     # losses and augmentation
     loss: str
@@ -103,6 +126,11 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def on_device(self, device_type: str) -> "RunConfig":
-        """These settings for a run on `device_type`: `length_buckets: auto` becomes the list used there (what a
+        """These settings for a run on `device_type`: each `auto` (AUTO_SETTINGS) becomes what is used there (what a
         run's checkpoints store, so evaluating or resuming it encodes as it was trained)."""
-        return self.replace(length_buckets=length_buckets_for(self.length_buckets, device_type))
+        return self.replace(**{key: resolve(getattr(self, key), device_type) for key, resolve in AUTO_SETTINGS.items()})
+
+    @property
+    def resolved(self) -> bool:
+        """Whether no setting is `auto` any more (on_device has run)."""
+        return all(getattr(self, key) != AUTO for key in AUTO_SETTINGS)

@@ -21,16 +21,40 @@ from torch import Tensor, nn
 from mclrec.models.dropout import Dropout
 
 MASK_VALUE = -10000.0  # additive attention score for disallowed (future or padding) keys
+ATTENTION_KERNELS = ("auto", "math", "sdpa")
+
+
+def uses_sdpa(kernel: str, x: Tensor) -> bool:
+    """Whether attention on `x` runs through scaled_dot_product_attention: `sdpa`, or `auto` on CUDA."""
+    return kernel == "sdpa" or (kernel == "auto" and x.is_cuda)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: nn.Dropout, kernel: str = "math") -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v with attention dropout, per head: [..., queries, head_size].
+
+    math writes the formula out (RecBole's code, the reference); sdpa hands it to
+    F.scaled_dot_product_attention with the same finite additive mask (a query with no visible key still gets
+    finite weights, not NaN), whose fused kernels skip the [queries, keys] round trips on CUDA. Its dropout draws
+    come from the device's default generator (a run's checkpoint saves it), other draws with the same law.
+    """
+    if uses_sdpa(kernel, q):
+        p = dropout.p if dropout.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=p)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask
+    return dropout(torch.softmax(scores, dim=-1)) @ v
 
 
 class MultiHeadAttention(nn.Module):
     """Post-norm multi-head self-attention: LayerNorm(dropout(dense(attention)) + input)."""
 
     def __init__(self, hidden_size: int, n_heads: int, hidden_dropout: float, attn_dropout: float,
-                 layer_norm_eps: float):
+                 layer_norm_eps: float, attention: str = "math"):
         super().__init__()
         if hidden_size % n_heads != 0:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {attention!r}")
+        self.attention = attention  # the kernel (attend); not a weight, so state dicts are unchanged
         self.n_heads = n_heads
         self.head_size = hidden_size // n_heads
         self.query = nn.Linear(hidden_size, hidden_size)
@@ -50,9 +74,7 @@ class MultiHeadAttention(nn.Module):
         """Attend from `x_query` (default: every position of x) to all positions of x."""
         xq = x if x_query is None else x_query
         q, k, v = self.split_heads(self.query(xq)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + attention_mask
-        probs = self.attn_dropout(torch.softmax(scores, dim=-1))
-        context = (probs @ v).transpose(1, 2).reshape(xq.shape)
+        context = attend(q, k, v, attention_mask, self.attn_dropout, self.attention).transpose(1, 2).reshape(xq.shape)
         return self.LayerNorm(self.out_dropout(self.dense(context)) + xq)
 
 
@@ -75,10 +97,10 @@ class TransformerLayer(nn.Module):
     """One SASRec block: self-attention then feed-forward, each with residual and LayerNorm."""
 
     def __init__(self, hidden_size: int, n_heads: int, inner_size: int, hidden_dropout: float, attn_dropout: float,
-                 layer_norm_eps: float):
+                 layer_norm_eps: float, attention: str = "math"):
         super().__init__()
         self.multi_head_attention = MultiHeadAttention(hidden_size, n_heads, hidden_dropout, attn_dropout,
-                                                       layer_norm_eps)
+                                                       layer_norm_eps, attention)
         self.feed_forward = FeedForward(hidden_size, inner_size, hidden_dropout, layer_norm_eps)
 
     def forward(self, x: Tensor, attention_mask: Tensor, x_query: Tensor | None = None) -> Tensor:
@@ -112,7 +134,7 @@ class SASRecEncoder(nn.Module):
 
     def __init__(self, n_items: int, max_len: int = 50, hidden_size: int = 64, n_layers: int = 2, n_heads: int = 2,
                  inner_size: int = 256, hidden_dropout: float = 0.5, attn_dropout: float = 0.5,
-                 layer_norm_eps: float = 1e-12, initializer_range: float = 0.02):
+                 layer_norm_eps: float = 1e-12, initializer_range: float = 0.02, attention: str = "math"):
         super().__init__()
         self.n_items = n_items
         self.max_len = max_len
@@ -124,7 +146,7 @@ class SASRecEncoder(nn.Module):
         self.dropout = Dropout(hidden_dropout)
         self.trm_encoder = TransformerEncoder(n_layers, hidden_size=hidden_size, n_heads=n_heads, inner_size=inner_size,
                                               hidden_dropout=hidden_dropout, attn_dropout=attn_dropout,
-                                              layer_norm_eps=layer_norm_eps)
+                                              layer_norm_eps=layer_norm_eps, attention=attention)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:

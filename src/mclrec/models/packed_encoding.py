@@ -6,7 +6,7 @@ the positions t < length of all rows form one `[tokens, hidden]` tensor and thos
 attention, which mixes positions of one row, is grouped by length. Per block, one product computes queries, keys
 and values of every token together; one gather lays them out as the groups' padded slots `[slots, 3 x hidden]`
 (padded slots read a zero row); each group is scored with RecBole's additive mask (-10000, so a query whose keys
-are all masked gets a uniform softmax instead of NaN), and one gather brings the real slots' outputs back into
+are all masked gets finite weights instead of NaN), and one gather brings the real slots' outputs back into
 token order. As in encode_last, the final block computes queries, attention and feed-forward for the read-out
 position only.
 
@@ -18,7 +18,6 @@ it is padded to, and that number of slots is the group's width here, the batch's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mclrec.models.encoder import MASK_VALUE, MultiHeadAttention, SASRecEncoder, TransformerLayer
+from mclrec.models.encoder import MASK_VALUE, MultiHeadAttention, SASRecEncoder, TransformerLayer, attend
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,8 @@ def _heads(x: Tensor, size: int, width: int, parts: int, attn: MultiHeadAttentio
 
 
 def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v with attention dropout, [size, heads, queries, head_size]."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_size) + mask
-    return attn.attn_dropout(torch.softmax(scores, dim=-1)) @ v
+    """One group's attention with the block's kernel (encoder.attend), [size, heads, queries, head_size]."""
+    return attend(q, k, v, mask, attn.attn_dropout, attn.attention)
 
 
 def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing) -> Tensor:

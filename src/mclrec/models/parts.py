@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -46,6 +47,19 @@ class ModelParts:
             module.to(device)
         return self
 
+    def compile(self, device: torch.device) -> bool:
+        """`compile: true`: torch.compile every transformer block of the encoder in place (its state-dict keys stay
+        RecBole's); True when it did. On CUDA only: the batches there keep one width (sync-free feed), so each
+        block compiles once per shape (a full batch, the epoch's last one, the read-out-only final block).
+        Elsewhere it warns and stays eager: on the CPU it was measured slower (docs/performance.md)."""
+        if device.type != "cuda":
+            warnings.warn(f"compile: true applies to CUDA runs; this run is on {device}, so it runs eagerly",
+                          stacklevel=2)
+            return False
+        for layer in self.encoder.trm_encoder.layer:
+            layer.compile(dynamic=False)
+        return True
+
 
 def uses_augmenters(cfg: RunConfig | dict) -> bool:
     """MCLRec with L_cl2 on has learnable augmenters (w/o L_cl2 it is CL4SRec with MCLRec's weights)."""
@@ -67,6 +81,7 @@ def build_parts(cfg: RunConfig | dict, n_items: int) -> ModelParts:
         attn_dropout=cfg.attn_dropout,
         layer_norm_eps=cfg.layer_norm_eps,
         initializer_range=cfg.initializer_range,
+        attention=cfg.attention,
     )
     if not uses_augmenters(cfg):
         return ModelParts(encoder)

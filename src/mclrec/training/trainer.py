@@ -21,9 +21,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from mclrec import __version__
 from mclrec.data.processed import ProcessedData
-from mclrec.device import resolve_device  # noqa: F401 (also the trainer's public name for it)
+from mclrec.device import enable_determinism, resolve_device  # resolve_device: also the trainer's public name for it
 from mclrec.environment import run_environment
-from mclrec.run_config import AUTO, RunConfig, length_buckets_for
+from mclrec.run_config import AUTO, AUTO_SETTINGS, RunConfig
 from mclrec.paths import RUN_BEST, RUN_CURVES, RUN_LAST, RUN_LOG, RUN_PREV, RUN_SUMMARY
 from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
@@ -41,7 +41,7 @@ from mclrec.training.shards import Shard
 # PREV: the previous epoch's last.pt, the fallback when last.pt is missing or unreadable
 BEST, LAST, PREV, LOG, SUMMARY, CURVES = RUN_BEST, RUN_LAST, RUN_PREV, RUN_LOG, RUN_SUMMARY, RUN_CURVES
 # nproc: a resume over another number of processes is refused with its own message (_restore)
-RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size", "nproc")
+RESUME_FREE_KEYS = ("device", "max_epochs", "max_minutes", "num_threads", "eval_batch_size", "nproc", "compile")
 
 
 @dataclass
@@ -287,7 +287,7 @@ def train_step(cfg: RunConfig | dict, parts: ModelParts, optimisers: Optimisers,
     """
     cfg = RunConfig.of(cfg)
     device = next(parts.encoder.parameters()).device
-    if cfg.length_buckets == AUTO:  # callers that pass the settings as written (train resolves them once)
+    if not cfg.resolved:  # callers that pass the settings as written (train resolves them once)
         cfg = cfg.on_device(device.type)
     if checks is None:
         checks = FiniteChecks(deferred=sync_free(device))
@@ -324,15 +324,17 @@ def _payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState
 def _settings_to_resume(path: Path, cfg: RunConfig, ckpt: dict[str, Any], device: torch.device) -> RunConfig:
     """The settings that continue the checkpoint's run: cfg, or a TrainingError naming the settings that differ.
 
-    `length_buckets: auto` is stored resolved for the device type the run started on. Resumed on the other type,
-    auto resolves to the other list; the run keeps its own, so it goes on encoding as it did. (An explicit setting
-    equal to the other device's auto list is taken for auto too: both encode the same function.)
+    The `auto` settings (length_buckets, packed_tokens, attention) are stored resolved for the device type the run
+    started on. Resumed on the other type, auto resolves to the other value; the run keeps its own, so it goes on
+    encoding as it did. (An explicit setting equal to the other device's auto value is taken for auto too: both
+    encode the same function.)
     """
     saved = ckpt["config"]
     trained_on = saved_generator_device(ckpt["rng"]) if "rng" in ckpt else device.type
-    if (trained_on != device.type and cfg.length_buckets == length_buckets_for(AUTO, device.type)
-            and saved.get("length_buckets") == length_buckets_for(AUTO, trained_on)):
-        cfg = cfg.replace(length_buckets=saved["length_buckets"])
+    if trained_on != device.type:
+        for key, resolve in AUTO_SETTINGS.items():
+            if getattr(cfg, key) == resolve(AUTO, device.type) and saved.get(key) == resolve(AUTO, trained_on):
+                cfg = cfg.replace(**{key: saved[key]})
     settings = cfg.to_dict()
     changed = sorted(k for k, v in settings.items() if k not in RESUME_FREE_KEYS and saved.get(k) != v)
     if changed:
@@ -452,14 +454,15 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     run_dir = Path(run_dir)
     if group is None and cfg.nproc > 1:
         _check_processes(cfg, cfg.nproc, launching=True)
-        return launch(cfg.nproc, _process, cfg.to_dict(), data, str(run_dir), resume, progress, sync_free_step)
+        return launch(cfg.nproc, _process, cfg.to_dict(), data, str(run_dir), resume, progress, sync_free_step,
+                      torch.are_deterministic_algorithms_enabled())
     world_size = group.world_size if group else 1
     if world_size != cfg.nproc:
         raise TrainingError(f"nproc is {cfg.nproc} but {world_size} process(es) run this training")
     _check_processes(cfg, world_size)
     main = group is None or group.is_main  # the process that writes checkpoints, logs and the summary
     device = group.device if group else resolve_device(cfg.device)
-    cfg = cfg.on_device(device.type)  # length_buckets: auto
+    cfg = cfg.on_device(device.type)  # the `auto` settings (AUTO_SETTINGS)
     step_sync_free = sync_free(device) if sync_free_step is None else sync_free_step
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -468,6 +471,8 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     parts = build_parts(cfg, data.n_items).to(device)
+    if cfg.compile:
+        parts.compile(device)
     if group:
         _join(group, cfg, data, parts)
     optimisers = Optimisers(cfg, parts, fused=step_sync_free)
@@ -570,8 +575,11 @@ def _check_processes(cfg: RunConfig, nproc: int, launching: bool = False) -> Non
 
 
 def _process(cfg: dict[str, Any], data: ProcessedData, run_dir: str, resume: str, progress: bool,
-             sync_free_step: bool | None) -> dict[str, Any]:
-    """One process of a training over several (started by `launch`): join the process group, train, leave."""
+             sync_free_step: bool | None, deterministic: bool = False) -> dict[str, Any]:
+    """One process of a training over several (started by `launch`): join the process group, train, leave.
+    deterministic: the launching process had torch's deterministic algorithms on (mclrec train --deterministic)."""
+    if deterministic:
+        enable_determinism()
     group = Group.from_env(cfg["device"])
     try:
         return train(cfg, data, Path(run_dir), resume, progress, sync_free_step, group)
