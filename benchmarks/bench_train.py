@@ -119,6 +119,18 @@ class VariantRun:
         sync(self.device)
         return time.perf_counter() - start
 
+    def peak_memory_mib(self, batches: int = 2) -> float | None:
+        """CUDA memory this variant's steps allocate above what is already held (its own peak: the counters are reset
+        first), in MiB; None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        sync(self.device)
+        held = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        for _ in range(batches):
+            self.step()
+        return (torch.cuda.max_memory_allocated(self.device) - held) / 2**20
+
     def flops(self, batches: int) -> float:
         """Mean matrix-product FLOPs of one train_step (forward and backward), counted by FlopCounterMode."""
         counter = FlopCounterMode(display=False)
@@ -164,11 +176,14 @@ def machine(device: torch.device) -> dict[str, Any]:
 def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dict) -> str:
     """The Markdown report: machine, one row per variant, then the MCLRec/SASRec ratio and the evaluation time."""
     lines = [f"- {key}: {value}" for key, value in header.items()]
+    gpu = any(r.get("gpu_peak_mib") for r in rows)  # CUDA: each variant's own peak memory (counters reset per variant)
     lines += ["", "| variant | s/batch | batches/epoch | s/epoch | GFLOP/batch | GFLOP/s | share of fp32 peak "
-              "| floor s/epoch |", "|---|---|---|---|---|---|---|---|"]
+              "| floor s/epoch |" + (" GPU peak MiB |" if gpu else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
     lines += [f"| {r['variant']} | {r['batch_s']:.4f} | {r['batches_per_epoch']} | {r['epoch_s']:.1f} "
               f"| {r['gflop_per_batch']:.2f} | {r['gflops']:.1f} | {100 * r['share_of_peak']:.1f}% "
-              f"| {r['floor_epoch_s']:.1f} |" for r in rows]
+              f"| {r['floor_epoch_s']:.1f} |" + (f" {r['gpu_peak_mib']:.0f} |" if r.get("gpu_peak_mib") else "")
+              for r in rows]
     lines.append("")
     ratio = summary.get("mclrec_sasrec_epoch_ratio")
     lines.append(f"mclrec/sasrec epoch ratio: {ratio:.2f}" if ratio else "mclrec/sasrec epoch ratio: n/a")
@@ -247,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "gflop_per_batch": flops / 1e9, "gflops": flops / batch_s / 1e9,
                      "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
                      "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views,
-                     "packed_tokens": run.cfg.packed_tokens})
+                     "packed_tokens": run.cfg.packed_tokens, "gpu_peak_mib": run.peak_memory_mib()})
     evaluation = None if args.no_eval else bench_eval(runs.get("sasrec") or next(iter(runs.values())), data)
     by_name = {r["variant"]: r for r in rows}
     summary: dict[str, Any] = {"peak_rss_mib": peak_rss_mib()}

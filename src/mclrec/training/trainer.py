@@ -398,6 +398,12 @@ def _restore_latest(run_dir: Path, cfg: RunConfig, parts: ModelParts, optimisers
         raise CheckpointError(f"cannot resume: neither {last} nor {prev} is usable ({problem}; {exc})") from None
 
 
+def _wait_for_device(device: torch.device) -> None:
+    """Wait for the device's queued work before a timer is read (CUDA runs asynchronously; the CPU has nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _out_of_time(cfg: RunConfig, state: RunState) -> bool:
     """Whether the run has used its max_minutes budget (checked between epochs)."""
     return bool(cfg.max_minutes) and state.train_seconds >= 60 * cfg.max_minutes
@@ -515,6 +521,7 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
                                       lambda: bar.advance(task), deferred=step_sync_free, group=group)
             except TrainingError as exc:
                 raise TrainingError(f"epoch {epoch}: {exc}; last good checkpoint kept: {run_dir / LAST}") from None
+            _wait_for_device(device)  # the clock reads queued GPU work as done only once it is
             train_time = time.monotonic() - t0
             valid = (group.evaluate if group else evaluate)(parts.encoder, valid_data, cfg.eval_batch_size,
                                                             validation_ks(cfg.valid_metric), cfg.length_buckets)
