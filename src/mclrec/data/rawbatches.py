@@ -24,7 +24,7 @@ from mclrec.data import diagnose as dg
 from mclrec.data import recbole_inter, records
 from mclrec.data.rawio import arrow_stream, check_exists, is_gzip, text_lines
 from mclrec.data.seqtxt import CHUNK_BYTES
-from mclrec.data.seqtxt import _parse_chunk as parse_seqtxt_chunk
+from mclrec.data.seqtxt import parse_chunk as parse_seqtxt_chunk
 from mclrec.errors import DataError
 
 Batches = Iterator[pa.RecordBatch]
@@ -84,7 +84,7 @@ def _ratings_csv(path: Path) -> Batches:
         convert_options=pacsv.ConvertOptions(column_types=types),
     )
     for batch in _guarded(reader, partial(dg.diagnose_csv, path)):
-        if _has_missing(batch, ["user", "item", "rating", "timestamp"]):
+        if records.has_missing(batch, ["user", "item", "rating", "timestamp"]):
             raise dg.diagnose_csv(path, "a field is missing")
         yield _interactions(batch, "user", "item", batch.column("timestamp"))
 
@@ -111,7 +111,7 @@ def _json(path: Path, checks: dict, extra_types: dict[str, pa.DataType]) -> Batc
     reader = partial(pajson.open_json, arrow_stream(path),
                      read_options=pajson.ReadOptions(block_size=records.BLOCK_BYTES), parse_options=options)
     for batch in _guarded(reader, partial(dg.diagnose_json, path, checks)):
-        if _has_missing(batch, list(checks)):
+        if records.has_missing(batch, list(checks)):
             raise dg.diagnose_json(path, checks, "a field is missing")
         yield batch
 
@@ -125,7 +125,7 @@ def _recbole_inter(path: Path) -> Batches:
         raise DataError(f"{path}, line 1: empty; a RecBole .inter file starts with a header line")
     names = recbole_inter.parse_header(header, path)
     wanted = [name for name in ("user_id", "item_id", "timestamp") if name in names]
-    diagnose = partial(recbole_inter._diagnose, path, names)  # the in-memory reader's scan: the same messages
+    diagnose = partial(recbole_inter.diagnose, path, names)  # the in-memory reader's scan: the same messages
     reader = partial(
         pacsv.open_csv,
         arrow_stream(path),
@@ -161,17 +161,6 @@ def _guarded(open_reader: Callable[[], Iterable[pa.RecordBatch]], diagnose: Call
         yield from open_reader()
     except pa.ArrowInvalid as exc:
         raise diagnose(str(exc)) from None
-
-
-def _has_missing(batch: pa.RecordBatch, columns: list[str]) -> bool:
-    """True if any listed column has a null or an empty string (records.read_* reject both)."""
-    for name in columns:
-        col = batch.column(name)
-        if col.null_count:
-            return True
-        if pa.types.is_string(col.type) and len(col) and pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
-            return True
-    return False
 
 
 def _interactions(batch: pa.RecordBatch, user: str, item: str, ts: pa.Array) -> pa.RecordBatch:

@@ -57,17 +57,17 @@ def read_recbole_inter(path: Path) -> pa.Table:
                                                  include_columns=wanted, strings_can_be_null=False),
         )
     except pa.ArrowInvalid as exc:
-        raise _diagnose(path, names, str(exc)) from None
+        raise diagnose(path, names, str(exc)) from None
     for name in ("user_id", "item_id"):
         if pc.any(pc.equal(pc.utf8_length(table.column(name)), 0)).as_py():
-            raise _diagnose(path, names, f"an empty {name}")
+            raise diagnose(path, names, f"an empty {name}")
     if "timestamp" in names:
         try:
             stamps = pc.cast(table.column("timestamp"), pa.float64()).to_numpy()
         except pa.ArrowInvalid:
-            raise _diagnose(path, names, "a timestamp is not a number") from None
+            raise diagnose(path, names, "a timestamp is not a number") from None
         if not np.isfinite(stamps).all():
-            raise _diagnose(path, names, "a timestamp is not a finite number")
+            raise diagnose(path, names, "a timestamp is not a finite number")
         # the rank of each timestamp: int64 order keys that keep fractional timestamps' order and ties equal
         ts = np.unique(stamps, return_inverse=True)[1].astype(np.int64)
     else:
@@ -75,7 +75,7 @@ def read_recbole_inter(path: Path) -> pa.Table:
     return pa.table({"user": table.column("user_id"), "item": table.column("item_id"), "ts": ts})
 
 
-def _diagnose(path: Path, names: list[str], fallback: str) -> DataError:
+def diagnose(path: Path, names: list[str], fallback: str) -> DataError:
     """The error for the first bad row (wrong field count, empty id, bad timestamp), found by a slow scan."""
     user, item = names.index("user_id"), names.index("item_id")
     stamp = names.index("timestamp") if "timestamp" in names else None

@@ -28,7 +28,7 @@ def read_ratings_csv(path: Path) -> pa.Table:
         )
     except pa.ArrowInvalid as exc:
         raise dg.diagnose_csv(path, str(exc)) from None
-    if _has_missing(table, ["user", "item", "rating", "timestamp"]):
+    if has_missing(table, ["user", "item", "rating", "timestamp"]):
         raise dg.diagnose_csv(path, "a field is missing")
     return _interactions(table, "user", "item", table.column("timestamp"))
 
@@ -60,13 +60,13 @@ def _read_json(path: Path, checks: dict, extra_types: dict[str, pa.DataType]) ->
         )
     except pa.ArrowInvalid as exc:
         raise dg.diagnose_json(path, checks, str(exc)) from None
-    if _has_missing(table, list(checks)):
+    if has_missing(table, list(checks)):
         raise dg.diagnose_json(path, checks, "a field is missing")
     return table
 
 
-def _has_missing(table: pa.Table, columns: list[str]) -> bool:
-    """True if any listed column has a null or an empty string."""
+def has_missing(table: pa.Table | pa.RecordBatch, columns: list[str]) -> bool:
+    """True if any listed column has a null or an empty string (a whole table, or one batch of a streamed file)."""
     for name in columns:
         col = table.column(name)
         if col.null_count:

@@ -21,7 +21,7 @@ def parse_seqtxt(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     users, items, line_offset = [], [], 0
     for start, stop in _chunk_bounds(data):
         chunk = np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start)
-        u, i, n_lines = _parse_chunk(chunk, path, line_offset)
+        u, i, n_lines = parse_chunk(chunk, path, line_offset)
         users.append(u)
         items.append(i)
         line_offset += n_lines
@@ -39,7 +39,7 @@ def _chunk_bounds(data: bytes) -> list[tuple[int, int]]:
     return bounds or [(0, 0)]
 
 
-def _parse_chunk(b: np.ndarray, path: Path, line_offset: int) -> tuple[np.ndarray, np.ndarray, int]:
+def parse_chunk(b: np.ndarray, path: Path, line_offset: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Parse whole lines in `b`; return users, items and the number of newlines seen."""
     newlines = np.flatnonzero(b == 10)
     filled = ~_WHITESPACE[b]
