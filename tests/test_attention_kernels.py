@@ -47,10 +47,11 @@ def test_sdpa_dropout_is_seeded_and_unbiased():
     expected = attend(q, k, v, mask, dropout.eval(), "math")
     assert not torch.allclose(first, expected, atol=1e-3)  # dropout acted
     dropout.train()
-    draws = 4000
-    mean = sum(attend(q, k, v, mask, dropout, "sdpa") for _ in range(draws)) / draws
-    # inverted dropout keeps the expectation: the mean of the draws converges to the output without dropout
-    assert (mean - expected).abs().max() < 0.08
+    draws = 1000
+    error = (sum(attend(q, k, v, mask, dropout, "sdpa") for _ in range(draws)) / draws - expected).abs()
+    # inverted dropout keeps the expectation: the mean of the draws converges to the output without dropout (here
+    # 0.015 on average over the outputs; dropping without the 1/(1-p) rescale would leave about 0.3)
+    assert error.mean() < 0.05 and error.max() < 0.3
 
 
 @pytest.mark.parametrize("read_out", ["forward", "encode", "encode_packed"])
