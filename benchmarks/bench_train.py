@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mclrec.cpu_heap import heap_state, keep_freed_memory
 from mclrec.config import NAIVE_PATH, load_params, parse_overrides, run_config
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.environment import cpu_model
@@ -169,7 +170,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": f"{device} ({name})", "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
+            "python": platform.python_version(), "cpu_heap": heap_state(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
@@ -215,6 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
                         help="also time every variant with these settings (rows '<variant> [KEY=VALUE ...]')")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
+    parser.add_argument("--heap-defaults", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (mclrec train raises them on the CPU)")
     args = parser.parse_args(argv)
     if args.batches < 1 or args.warmup < 0 or args.flop_batches < 1:
         parser.error("--batches and --flop-batches must be >= 1, --warmup >= 0")
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfgs.update({f"{v} [{label}]": run_config(params, args.dataset, v, extra) for v in args.variants})
     first = next(iter(cfgs.values()))
     device = resolve_device(args.device)
+    if device.type == "cpu" and not args.heap_defaults:
+        keep_freed_memory()  # as the trainer does
     if args.threads or first.num_threads:
         torch.set_num_threads(args.threads or first.num_threads)
     data = load_processed(args.data_dir)

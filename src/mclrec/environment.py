@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from mclrec.cpu_heap import heap_state
+
 PACKAGES = ("mclrec", "torch", "numpy", "pandas", "pyarrow")
 
 
@@ -53,5 +55,6 @@ def run_environment(threads: int | None = None) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "cpu_heap": heap_state(),
         "git": git_state(),
     }

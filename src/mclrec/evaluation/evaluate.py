@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from mclrec.cpu_heap import keep_freed_memory
 from mclrec.data.processed import ProcessedData
 from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
@@ -137,6 +138,8 @@ def evaluate_checkpoint(
     """Full-ranking metrics on valid and test (plus noise and length-group results), the per-user test ranks and
     the checkpoint's metadata (its config, state). `item_order`, `item_labels`: see load_encoder."""
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads, item_order, item_labels)
     buckets = meta["config"].get("length_buckets", [])  # the run's own exact speed-up; none for RecBole files
     valid, test = eval_instances(data, "valid", dev), eval_instances(data, "test", dev)

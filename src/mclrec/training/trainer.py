@@ -20,6 +20,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mclrec import __version__
+from mclrec.cpu_heap import keep_freed_memory
 from mclrec.data.processed import ProcessedData
 from mclrec.device import enable_determinism, resolve_device  # resolve_device: also the trainer's public name for it
 from mclrec.environment import run_environment
@@ -470,6 +471,8 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     device = group.device if group else resolve_device(cfg.device)
     cfg = cfg.on_device(device.type)  # the `auto` settings (AUTO_SETTINGS)
     step_sync_free = sync_free(device) if sync_free_step is None else sync_free_step
+    if device.type == "cpu":
+        keep_freed_memory()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     elif group:

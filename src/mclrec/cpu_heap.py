@@ -1,0 +1,55 @@
+"""glibc malloc settings for CPU training: keep the memory a step frees for the next step.
+
+A training step allocates and frees the same large tensors every step (L_rec's [batch, items] logits and their
+gradient, the packed activations). glibc hands a freed block back to the kernel when it was above its mmap
+threshold or when the free space at the top of the heap exceeds its trim threshold, so the next step page-faults
+the same memory back in, zero-filled by the kernel: about 16,000 page faults (65 MB) per MCLRec step on Beauty,
+14-18% of a step (docs/performance.md, "The CPU heap"). Raising both thresholds keeps that memory in the
+process. The numbers a run computes do not change; only where its memory comes from.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+M_TRIM_THRESHOLD = -1  # mallopt parameters, <malloc.h>
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest accepted value on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 256 * 2**20  # free space kept at the heap's top: more than a Beauty MCLRec step frees at once
+USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+
+_state: dict[str, str] = {}
+
+
+def keep_freed_memory() -> str:
+    """Raise glibc's mmap and trim thresholds once per process; returns what the process's heap does.
+
+    "kept": the thresholds were raised now or earlier; "user": MALLOC_* or GLIBC_TUNABLES is set, so the user's
+    settings stay; "not glibc": another C library (or an allocator such as jemalloc preloaded over glibc's, which
+    mallopt does not reach, so the answer there stays "kept" but changes nothing); "refused": mallopt said no.
+    """
+    if "heap" not in _state:
+        _state["heap"] = _apply()
+    return _state["heap"]
+
+
+def _apply() -> str:
+    if any(os.environ.get(name) for name in USER_SETTINGS):
+        return "user"
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "not glibc"
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "not glibc"
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)  # int arguments: a value over 2^31 would wrap around
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return "kept" if ok else "refused"
+
+
+def heap_state() -> str:
+    """What keep_freed_memory did in this process, or "glibc defaults" before it ran (for run records)."""
+    return _state.get("heap", "glibc defaults")
