@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from mclrec.cli import app
 from mclrec.evaluation.metrics import metrics_from_ranks, target_ranks
+from mclrec.evaluation import ranking
 from mclrec.evaluation.ranking import rank_all, rows_per_chunk
 from mclrec.evaluation.robustness import insert_noise, length_groups
 from mclrec.models.encoder import SASRecEncoder
@@ -42,6 +43,16 @@ def test_chunked_ranking_equals_one_big_product(tiny):
     assert torch.equal(rank_all(encoder, test, batch_size=7), naive)
     # a score budget of 3 users' scores: chunks of 3 rows, the same ranks
     assert torch.equal(rank_all(encoder, test, batch_size=2048, score_budget=3 * tiny.n_items), naive)
+
+
+def test_cpu_score_blocks_give_the_same_ranks(tiny, monkeypatch):
+    torch.manual_seed(0)
+    encoder = SASRecEncoder(tiny.n_items, 20).eval()
+    test = eval_instances(tiny, "test", torch.device("cpu"))
+    whole = rank_all(encoder, test, batch_size=2048)
+    for rows in (1, 5):  # blocks of one row, and of five
+        monkeypatch.setattr(ranking, "CPU_SCORE_BLOCK", rows * tiny.n_items)
+        assert torch.equal(rank_all(encoder, test, batch_size=2048), whole)
 
 
 def test_score_budget_bounds_the_users_scored_at_once():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mclrec.errors import MclrecError
-from mclrec.models.dropout import Dropout
+from mclrec.models.dropout import Dropout, cpu_keep_mask
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode, encode_last
 from mclrec.models.packed_encoding import encode_packed
@@ -166,17 +166,32 @@ def test_dropout_only_in_train_mode():
         assert not torch.allclose(encoder(seq, lengths), encoder(seq, lengths))
 
 
-@pytest.mark.parametrize("p", [0.25, 0.5])
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.3])
 def test_cpu_dropout_keeps_with_probability_1_minus_p_and_rescales(p):
     dropout = Dropout(p).train()
-    x = torch.randn(200_000)
+    x = torch.randn(200_001)  # not a multiple of 8: the last 64-bit draw is used in part
     torch.manual_seed(0)
     out = dropout(x)
     torch.manual_seed(0)
-    assert torch.equal(out, x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p)))  # the plain formula, same draws
+    if p * 256 == int(p * 256):  # one random byte per element, kept when >= 256 p
+        words = torch.empty((x.numel() + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
+        kept_by_formula = words.view(torch.uint8)[: x.numel()] >= 256 * p
+    else:
+        kept_by_formula = torch.rand_like(x) >= p
+    assert torch.equal(out, x * kept_by_formula * (1.0 / (1.0 - p)))  # the plain formula, same draws
     kept = out != 0
     assert torch.equal(out[kept], x[kept] * (1.0 / (1.0 - p)))
     assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    # neighbours share a 64-bit draw but not its bits: their keep indicators are uncorrelated
+    k = kept.float()
+    assert abs(torch.corrcoef(torch.stack([k[:-1], k[1:]]))[0, 1].item()) < 0.01
+
+
+def test_cpu_dropout_mask_keeps_shape_and_dtype():
+    x = torch.randn(3, 5, 7, dtype=torch.bfloat16)
+    mask = cpu_keep_mask(x, 0.5)
+    assert mask.shape == x.shape and mask.dtype == torch.bfloat16
+    assert set(mask.unique().tolist()) <= {0.0, 2.0}
 
 
 def test_score_helpers():

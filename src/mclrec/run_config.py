@@ -87,6 +87,7 @@ class RunConfig:
     attention: str  # math, sdpa, or `auto` until on_device resolves it
     compile: bool  # torch.compile the encoder's blocks (CUDA; ModelParts.compile)
     precision: str
+    dropout_draws: str  # bytes or uniform: how the CPU draws dropout keep-masks (models/dropout.py)
     # losses and augmentation
     loss: str
     lambda_cl1: float

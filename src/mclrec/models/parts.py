@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mclrec.models.augmenters import build_augmenter
+from mclrec.models.dropout import set_dropout_draws
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.run_config import RunConfig
 
@@ -83,6 +84,7 @@ def build_parts(cfg: RunConfig | dict, n_items: int) -> ModelParts:
         initializer_range=cfg.initializer_range,
         attention=cfg.attention,
     )
+    set_dropout_draws(encoder, cfg.dropout_draws)
     if not uses_augmenters(cfg):
         return ModelParts(encoder)
     aug1 = build_augmenter(cfg.augmenter, cfg.hidden_size)
