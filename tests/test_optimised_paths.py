@@ -10,6 +10,7 @@ import torch
 
 from mclrec.config import NAIVE_PATH
 from mclrec.evaluation.evaluate import evaluate_checkpoint
+from mclrec.models.dropout import Dropout
 from mclrec.training.objectives import build_parts, encode_views
 from mclrec.training.trainer import train
 
@@ -58,3 +59,28 @@ def test_optimised_and_naive_paths_train_the_same_model(tiny, run_cfg, tmp_path,
     test_naive = evaluate_checkpoint(tiny, tmp_path / "naive" / "best.pt", device="cpu")[0]["metrics"]["test"]
     for key in test_fast:
         assert test_fast[key] == pytest.approx(test_naive[key], abs=one_user), key
+
+
+@pytest.mark.parametrize("draws", ["bytes", "uniform"])
+def test_dropout_draws_reach_every_dropout_and_change_only_the_draws(tiny, run_cfg, draws):
+    cfg = run_cfg("mclrec", dropout_draws=draws)
+    encoder = build_parts(cfg, tiny.n_items).encoder.train()
+    dropouts = [m for m in encoder.modules() if isinstance(m, Dropout)]
+    assert dropouts and {m.draws for m in dropouts} == {draws}
+    seq = torch.randint(1, tiny.n_items + 1, (64, 20), generator=torch.Generator().manual_seed(0))
+    lengths = torch.full((64,), 20)
+    torch.manual_seed(1)
+    first = encoder(seq, lengths)
+    torch.manual_seed(1)
+    assert torch.equal(encoder(seq, lengths), first)  # seeded: the same draws again
+    other = build_parts(cfg.replace(dropout_draws="uniform" if draws == "bytes" else "bytes"), tiny.n_items).encoder
+    other.load_state_dict(encoder.state_dict())
+    torch.manual_seed(1)
+    assert not torch.allclose(other.train()(seq, lengths), first)  # the other way of drawing: other masks
+    with torch.no_grad():
+        assert torch.equal(other.eval()(seq, lengths), encoder.eval()(seq, lengths))  # the same model
+
+
+def test_unknown_dropout_draws_are_refused(tiny, run_cfg):
+    with pytest.raises(ValueError, match="dropout_draws must be one of bytes, uniform"):
+        build_parts(run_cfg("sasrec", dropout_draws="bernoulli"), tiny.n_items)
