@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,16 @@ def test_flops_are_counted_on_the_real_step(tiny_processed):
     mclrec_cfg = run_config(load_params(ROOT / "params.yaml"), "synthetic", "mclrec", {"batch_size": 16, "device": "cpu"})
     mclrec = bench.VariantRun(mclrec_cfg, data, torch.device("cpu"))
     assert mclrec.flops(1) > 3 * sasrec  # two encoder updates over input + two views, plus the augmenter step
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_bench_heap_smoke(tiny_processed, tmp_path, capsys):
+    bench = load_benchmark("bench_heap")
+    result = bench.main(["--dataset", "synthetic", "--data-dir", str(tiny_processed),
+                         "--params", str(ROOT / "params.yaml"), "--variants", "sasrec", "--rounds", "1", "--steps", "2", "--threads", "1",
+                         "--json", str(tmp_path / "heap.json")])
+    assert [row["arm"] for row in result["rows"]] == ["glibc defaults", "kept"]
+    assert [run["heap"] for run in result["runs"]] == ["glibc defaults", "kept"]
+    assert all(row["step_ms"] > 0 and row["faults_per_step"] >= 0 for row in result["rows"])
+    assert "| sasrec | glibc defaults |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "heap.json").read_text())["rows"] == result["rows"]
