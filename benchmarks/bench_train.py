@@ -37,6 +37,7 @@ from mclrec.cpu_heap import heap_state, keep_freed_memory
 from mclrec.config import NAIVE_PATH, load_params, parse_overrides, run_config
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.environment import cpu_model
+from mclrec.evaluation import ranking
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
 from mclrec.run_config import RunConfig
@@ -141,16 +142,33 @@ class VariantRun:
         return counter.get_total_flops() / batches
 
 
-def bench_eval(run: VariantRun, data: ProcessedData) -> dict[str, Any]:
-    """rank_all over every test user once, after an untimed warm-up on the first chunk."""
+def bench_eval(run: VariantRun, data: ProcessedData, repeats: int = 3, score_blocks: list[int] | None = None
+               ) -> dict[str, Any]:
+    """rank_all over every test user, `repeats` times after an untimed warm-up; seconds = the median.
+
+    `score_blocks`: also time these values of ranking.CPU_SCORE_BLOCK (scores per product on the CPU), round-robin
+    with the default in every repeat, so the block sizes are compared in one process.
+    """
     cfg, device = run.cfg, run.device
     test = eval_instances(data, "test", device)
+    default = ranking.CPU_SCORE_BLOCK
+    blocks = [default] + [b for b in (score_blocks or []) if b != default]
     rank_all(run.parts.encoder, test, cfg.eval_batch_size, cfg.length_buckets)  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    rank_all(run.parts.encoder, test, cfg.eval_batch_size, cfg.length_buckets)
-    sync(device)
-    return {"users": len(test), "items": data.n_items, "seconds": time.perf_counter() - start}
+    times: dict[int, list[float]] = {block: [] for block in blocks}
+    try:
+        for _ in range(repeats):
+            for block in blocks:
+                ranking.CPU_SCORE_BLOCK = block
+                sync(device)
+                start = time.perf_counter()
+                rank_all(run.parts.encoder, test, cfg.eval_batch_size, cfg.length_buckets)
+                sync(device)
+                times[block].append(time.perf_counter() - start)
+    finally:
+        ranking.CPU_SCORE_BLOCK = default
+    return {"users": len(test), "items": data.n_items, "seconds": statistics.median(times[default]),
+            "each": times[default],
+            "score_blocks": {str(block): statistics.median(t) for block, t in times.items()} if score_blocks else None}
 
 
 def profile_variant(run: VariantRun, steps: int, top: int = 20) -> str:
@@ -190,8 +208,10 @@ def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dic
     lines.append(f"mclrec/sasrec epoch ratio: {ratio:.2f}" if ratio else "mclrec/sasrec epoch ratio: n/a")
     for variant, speedup in summary.get("speedup", {}).items():
         lines.append(f"{variant}: epoch time / epoch time with the compared settings = {speedup:.2f}")
-    lines.append(f"eval seconds ({evaluation['users']} users x {evaluation['items']} items): "
-                 f"{evaluation['seconds']:.2f}" if evaluation else "eval seconds: n/a")
+    lines.append(f"eval seconds ({evaluation['users']} users x {evaluation['items']} items, median of "
+                 f"{len(evaluation['each'])}): {evaluation['seconds']:.2f}" if evaluation else "eval seconds: n/a")
+    for block, seconds in ((evaluation or {}).get("score_blocks") or {}).items():
+        lines.append(f"eval seconds with CPU_SCORE_BLOCK={block}: {seconds:.2f}")
     return "\n".join(lines)
 
 
@@ -211,6 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--batch-size", type=int, help="override the training batch size")
     parser.add_argument("--no-eval", action="store_true", help="skip the full-ranking evaluation timing")
+    parser.add_argument("--eval-repeats", type=int, default=3, help="timed evaluations (the median is reported)")
+    parser.add_argument("--score-blocks", type=int, nargs="+", metavar="SCORES",
+                        help="also time the evaluation with these scores per product on the CPU (CPU_SCORE_BLOCK)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--profile", metavar="VARIANT", help="also print a torch.profiler table of this variant")
     parser.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
@@ -219,8 +242,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heap-defaults", action="store_true",
                         help="leave glibc's malloc thresholds as they are (mclrec train raises them on the CPU)")
     args = parser.parse_args(argv)
-    if args.batches < 1 or args.warmup < 0 or args.flop_batches < 1:
-        parser.error("--batches and --flop-batches must be >= 1, --warmup >= 0")
+    if args.batches < 1 or args.warmup < 0 or args.flop_batches < 1 or args.eval_repeats < 1:
+        parser.error("--batches, --flop-batches and --eval-repeats must be >= 1, --warmup >= 0")
     args.data_dir = args.data_dir or processed_dir(args.dataset)
     return args
 
@@ -268,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
                      "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views,
                      "packed_tokens": run.cfg.packed_tokens, "gpu_peak_mib": run.peak_memory_mib()})
-    evaluation = None if args.no_eval else bench_eval(runs.get("sasrec") or next(iter(runs.values())), data)
+    evaluation = None if args.no_eval else bench_eval(runs.get("sasrec") or next(iter(runs.values())), data,
+                                                      args.eval_repeats, args.score_blocks)
     by_name = {r["variant"]: r for r in rows}
     summary: dict[str, Any] = {"peak_rss_mib": peak_rss_mib()}
     if "sasrec" in by_name and "mclrec" in by_name:

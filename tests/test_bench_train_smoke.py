@@ -34,7 +34,8 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     bench = load_benchmark("bench_train")
     argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
             "--batches", "1", "--warmup", "1", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
-            "--device", "cpu", "--matmul-size", "128", "--json", str(tmp_path / "bench.json")] + (["--naive"] if naive else [])
+            "--device", "cpu", "--matmul-size", "128", "--json", str(tmp_path / "bench.json"), "--eval-repeats", "2",
+            "--score-blocks", "1000"] + (["--naive"] if naive else [])
     threads = torch.get_num_threads()
     try:  # one thread: fast, and immune to OpenMP spin-waiting when other processes load the CPUs
         result = bench.main(argv)
@@ -43,7 +44,9 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     lines = capsys.readouterr().out.strip().splitlines()
     for variant in VARIANTS:
         assert sum(line.startswith(f"| {variant} |") for line in lines) == 1, variant
-    assert lines[-2].startswith("mclrec/sasrec epoch ratio: ") and lines[-1].startswith("eval seconds (")
+    assert lines[-4].startswith("mclrec/sasrec epoch ratio: ") and lines[-3].startswith("eval seconds (")
+    assert lines[-2].startswith("eval seconds with CPU_SCORE_BLOCK=2097152: ")  # the default, then the others
+    assert lines[-1].startswith("eval seconds with CPU_SCORE_BLOCK=1000: ")
     assert not any("target" in line for line in lines)
     assert any(line.startswith("- cpu_flags: ") for line in lines)
 
@@ -55,7 +58,8 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
         assert row["share_of_peak"] == pytest.approx(row["gflops"] / saved["header"]["fp32_matmul_gflops"], rel=0.01)
     assert saved["summary"]["mclrec_sasrec_epoch_ratio"] == pytest.approx(
         result["variants"][3]["epoch_s"] / result["variants"][0]["epoch_s"])
-    assert saved["eval"]["users"] > 0 and saved["eval"]["seconds"] > 0
+    assert saved["eval"]["users"] > 0 and saved["eval"]["seconds"] > 0 and len(saved["eval"]["each"]) == 2
+    assert set(saved["eval"]["score_blocks"]) == {"2097152", "1000"}
 
 
 def test_flops_are_counted_on_the_real_step(tiny_processed):
