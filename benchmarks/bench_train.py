@@ -14,7 +14,8 @@ rate over this machine's float32 matrix-multiply rate (the fastest of ten 2048^3
 and end); the floor is the epoch time at that rate. Evaluation times `rank_all` over every test user once.
 `--naive` turns the exact speed-ups off (params.NAIVE_PATH) for every variant. `--compare KEY=VALUE` (repeatable)
 also times every variant with those settings added, as rows `<variant> [KEY=VALUE]`, in the same round-robin, so
-two settings are compared on the same machine in one run.
+two settings are compared on the same machine in one run; `--also 'KEY=VALUE ...'` (repeatable) adds one more
+set of settings each, so several (say, before and after each speed-up) share the run.
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dic
     lines.append(f"mclrec/sasrec epoch ratio: {ratio:.2f}" if ratio else "mclrec/sasrec epoch ratio: n/a")
     for variant, speedup in summary.get("speedup", {}).items():
         lines.append(f"{variant}: epoch time / epoch time with the compared settings = {speedup:.2f}")
+    for set_label, speedups in summary.get("speedup_also", {}).items():
+        for variant, speedup in speedups.items():
+            lines.append(f"{variant}: epoch time / epoch time with [{set_label}] = {speedup:.2f}")
     lines.append(f"eval seconds ({evaluation['users']} users x {evaluation['items']} items, median of "
                  f"{len(evaluation['each'])}): {evaluation['seconds']:.2f}" if evaluation else "eval seconds: n/a")
     for block, seconds in ((evaluation or {}).get("score_blocks") or {}).items():
@@ -238,6 +242,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="VARIANT", help="also print a torch.profiler table of this variant")
     parser.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
                         help="also time every variant with these settings (rows '<variant> [KEY=VALUE ...]')")
+    parser.add_argument("--also", action="append", default=[], metavar="'KEY=VALUE ...'",
+                        help="another set of settings to time every variant with (repeatable: one set each; "
+                             "rows '<variant> [KEY=VALUE ...]'), round-robin with the others")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     parser.add_argument("--heap-defaults", action="store_true",
                         help="leave glibc's malloc thresholds as they are (mclrec train raises them on the CPU)")
@@ -262,6 +269,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         label = " ".join(args.compare)
         extra = {**overrides, **parse_overrides(args.compare)}
         cfgs.update({f"{v} [{label}]": run_config(params, args.dataset, v, extra) for v in args.variants})
+    also = {" ".join(entry.split()): parse_overrides(entry.split()) for entry in args.also}
+    for set_label, settings in also.items():
+        cfgs.update({f"{v} [{set_label}]": run_config(params, args.dataset, v, {**overrides, **settings})
+                     for v in args.variants})
     first = next(iter(cfgs.values()))
     device = resolve_device(args.device)
     if device.type == "cpu" and not args.heap_defaults:
@@ -300,6 +311,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["mclrec_sasrec_flop_ratio"] = by_name["mclrec"]["gflop_per_batch"] / by_name["sasrec"]["gflop_per_batch"]
     if args.compare:
         summary["speedup"] = {v: by_name[v]["epoch_s"] / by_name[f"{v} [{label}]"]["epoch_s"] for v in args.variants}
+    if also:
+        summary["speedup_also"] = {set_label: {v: by_name[v]["epoch_s"] / by_name[f"{v} [{set_label}]"]["epoch_s"]
+                                               for v in args.variants} for set_label in also}
     header = {**machine(device), "fp32_matmul_gflops": round(peak, 1), "dataset": args.dataset,
               "batch_size": first.batch_size, "path": "naive (speed-ups off)" if args.naive else "params.yaml",
               "batches_timed": args.batches, "peak_rss_mib": round(summary["peak_rss_mib"])}

@@ -35,7 +35,7 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
             "--batches", "1", "--warmup", "1", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
             "--device", "cpu", "--matmul-size", "128", "--json", str(tmp_path / "bench.json"), "--eval-repeats", "2",
-            "--score-blocks", "1000"] + (["--naive"] if naive else [])
+            "--score-blocks", "1000", "--also", "dropout_draws=uniform"] + (["--naive"] if naive else [])
     threads = torch.get_num_threads()
     try:  # one thread: fast, and immune to OpenMP spin-waiting when other processes load the CPUs
         result = bench.main(argv)
@@ -44,7 +44,10 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     lines = capsys.readouterr().out.strip().splitlines()
     for variant in VARIANTS:
         assert sum(line.startswith(f"| {variant} |") for line in lines) == 1, variant
-    assert lines[-4].startswith("mclrec/sasrec epoch ratio: ") and lines[-3].startswith("eval seconds (")
+        assert sum(line.startswith(f"| {variant} [dropout_draws=uniform] |") for line in lines) == 1, variant
+        assert f"{variant}: epoch time / epoch time with [dropout_draws=uniform] = " in "\n".join(lines)
+    assert sum(line.startswith("mclrec/sasrec epoch ratio: ") for line in lines) == 1
+    assert lines[-3].startswith("eval seconds (")
     assert lines[-2].startswith("eval seconds with CPU_SCORE_BLOCK=2097152: ")  # the default, then the others
     assert lines[-1].startswith("eval seconds with CPU_SCORE_BLOCK=1000: ")
     assert not any("target" in line for line in lines)
