@@ -54,7 +54,7 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     assert any(line.startswith("- cpu_flags: ") for line in lines)
 
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["variant"] for r in saved["variants"]] == list(VARIANTS)
+    assert [r["variant"] for r in saved["variants"]] == [*VARIANTS, *(f"{v} [dropout_draws=uniform]" for v in VARIANTS)]
     assert {tuple(r["length_buckets"]) for r in saved["variants"]} == ({()} if naive else {(8, 16, 32)})
     for row in saved["variants"]:
         assert row["batch_s"] > 0 and row["epoch_s"] == pytest.approx(row["batch_s"] * row["batches_per_epoch"])
