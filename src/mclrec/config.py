@@ -35,6 +35,8 @@ ParamsLoader.add_implicit_resolver(
 def load_yaml(text: str):
     """Parse YAML text with ParamsLoader."""
     return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # settings that turn every speed-up off (reference path)
 NAIVE_PATH = {"length_buckets": [], "batch_views": False, "packed_tokens": False, "dropout_draws": "uniform"}
 
