@@ -9,8 +9,8 @@ from mclrec.cli import app
 runner = CliRunner()
 
 
-def _seed_run(root, dataset="beauty", variant="mclrec"):
-    run = root / "models" / dataset / variant / "seed0"
+def _seed_run(root, dataset="beauty", variant="mclrec", seed=0, test=None):
+    run = root / "models" / dataset / variant / f"seed{seed}"
     run.mkdir(parents=True)
     env = {"cpu": "AMD EPYC", "threads": 1, "torch": "2.13.0+cpu", "git": {"commit": "0123456789abcdef", "dirty": False}}
     (run / "summary.json").write_text(json.dumps({"epochs_run": 23, "best_epoch": 12, "train_seconds": 5400.0,
@@ -18,9 +18,10 @@ def _seed_run(root, dataset="beauty", variant="mclrec"):
     (run / "log.jsonl").write_text('{"epoch": 1}\n')
     (run / "best.pt").write_bytes(b"not copied")
     results = root / "results" / dataset / variant
-    results.mkdir(parents=True)
-    (results / "seed0.json").write_text(json.dumps({"dataset": dataset, "variant": variant, "seed": 0,
-                                                    "metrics": {"test": {"HR@20": 0.1234, "NDCG@20": 0.0532}}}))
+    results.mkdir(parents=True, exist_ok=True)
+    test = test or {"HR@20": 0.1234, "NDCG@20": 0.0532}
+    (results / f"seed{seed}.json").write_text(json.dumps({"dataset": dataset, "variant": variant, "seed": seed,
+                                                          "metrics": {"test": test}}))
 
 
 def test_reference_copies_the_small_files_and_writes_runs_md(tmp_path):
@@ -33,7 +34,44 @@ def test_reference_copies_the_small_files_and_writes_runs_md(tmp_path):
     assert (out / "beauty" / "mclrec" / "log.jsonl").read_text() == '{"epoch": 1}\n'
     assert not list(out.rglob("*.pt"))  # never checkpoints
     runs = (out / "beauty" / "RUNS.md").read_text()
-    assert "| mclrec | 0 | 23 (12) | early stop | 1.50 | AMD EPYC | 1 | 2.13.0+cpu | 0123456789 | 0.1234 | 0.0532 |" in runs
+    assert "| mclrec | 0 | 23 (12) | early stop | 1.50 | AMD EPYC | 1 | 2.13.0+cpu | 0123456789 | - | 0.1234 | - | 0.0532 |" in runs
+    assert "Over seeds" not in runs  # one seed: no spread to show
+
+
+def _add(tmp_path, variant, seed):
+    return runner.invoke(app, ["report", "reference", "beauty", variant, "--seed", str(seed),
+                               "--results", str(tmp_path / "results"), "--models", str(tmp_path / "models"),
+                               "--out", str(tmp_path / "ref")])
+
+
+def test_seeds_beyond_0_go_under_the_variant_and_runs_md_gives_mean_and_sd(tmp_path):
+    tests = {0: (0.08, 0.12, 0.04, 0.05), 1: (0.09, 0.13, 0.05, 0.06), 2: (0.10, 0.11, 0.03, 0.04)}
+    for seed, values in tests.items():
+        _seed_run(tmp_path, variant="sasrec", seed=seed, test=dict(zip(("HR@10", "HR@20", "NDCG@10", "NDCG@20"), values)))
+        res = _add(tmp_path, "sasrec", seed)
+        assert res.exit_code == 0, res.output
+    _seed_run(tmp_path, variant="mclrec")  # one seed only
+    assert _add(tmp_path, "mclrec", 0).exit_code == 0
+    ref = tmp_path / "ref" / "beauty"
+    assert json.loads((ref / "sasrec.json").read_text())["seed"] == 0  # seed 0 keeps the layout
+    assert json.loads((ref / "sasrec" / "seed2.json").read_text())["seed"] == 2
+    assert (ref / "sasrec" / "log.jsonl").is_file() and (ref / "sasrec" / "seed1" / "summary.json").is_file()
+    runs = (ref / "RUNS.md").read_text().splitlines()
+    assert [line.split(" | ")[:2] for line in runs if line.startswith("| sasrec | ") or line.startswith("| mclrec | ")][:4] \
+        == [["| mclrec", "0"], ["| sasrec", "0"], ["| sasrec", "1"], ["| sasrec", "2"]]
+    # HR@10 0.08, 0.09, 0.10: mean 0.09, sd 0.01; NDCG@20 0.05, 0.06, 0.04: mean 0.05, sd 0.01
+    assert "| sasrec | 0, 1, 2 | 0.0900 ± 0.0100 | 0.1200 ± 0.0100 | 0.0400 ± 0.0100 | 0.0500 ± 0.0100 |" in runs
+    assert not any(line.startswith("| mclrec | 0 | 0.") for line in runs)  # no spread for a single seed
+
+
+def test_a_reference_run_with_a_foreign_seed_field_is_refused(tmp_path):
+    _seed_run(tmp_path)
+    results_file = tmp_path / "results" / "beauty" / "mclrec" / "seed0.json"
+    record = json.loads(results_file.read_text())
+    results_file.write_text(json.dumps({**record, "seed": "zero"}))
+    res = _add(tmp_path, "mclrec", 0)
+    assert res.exit_code == 1 and "is not a non-negative integer" in " ".join(res.output.split())
+    assert not (tmp_path / "ref").exists()  # nothing written
 
 
 def test_reference_of_a_missing_run_is_refused(tmp_path):

@@ -195,12 +195,13 @@ def reference(
     out: Path = typer.Option(Path("results/reference"), help="Reference root (committed to git)."),
 ) -> None:
     """Add a finished seed run to the committed reference runs (results JSON, log.jsonl, summary.json, RUNS.md)."""
-    from mclrec.report.reference import add_reference
+    from mclrec.report.reference import add_reference, reference_paths
 
     with _guard():
         checkpoint, results_file = seed_run_paths(dataset, variant, seed, results, models)
         dest = add_reference(dataset, variant, results_file, checkpoint.parent, out)
-        err_console.print(f"{dest} (and {dest.parent / variant}/, {dest.parent / 'RUNS.md'})")
+        run_folder = reference_paths(out / dataset, variant, seed)[1]
+        err_console.print(f"{dest} (and {run_folder}/, {out / dataset / 'RUNS.md'})")
 
 
 def read_log(path: Path) -> list[dict]:

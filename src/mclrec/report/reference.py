@@ -13,34 +13,54 @@ from mclrec.io import atomic_open, atomic_path
 from mclrec.paths import RUN_LOG, RUN_SUMMARY
 
 REFERENCE_ROOT = Path("results/reference")
+SEED_METRICS = ("HR@10", "HR@20", "NDCG@10", "NDCG@20")  # test metrics RUNS.md lists per run and over seeds
+
+
+def reference_paths(folder: Path, variant: str, seed: int) -> tuple[Path, Path]:
+    """A reference run's results JSON and the folder of its log.jsonl and summary.json: seed 0 as <variant>.json and
+    <variant>/ (the layout Table 3 and the README read), seed k > 0 as <variant>/seed<k>.json and <variant>/seed<k>/."""
+    if seed == 0:
+        return folder / f"{variant}.json", folder / variant
+    return folder / variant / f"seed{seed}.json", folder / variant / f"seed{seed}"
 
 
 def add_reference(dataset: str, variant: str, results_file: Path, run_dir: Path, root: Path = REFERENCE_ROOT) -> Path:
-    """Copy a run's results JSON, log.jsonl and summary.json under root/<dataset>/, then rewrite RUNS.md."""
+    """Copy a run's results JSON, log.jsonl and summary.json under root/<dataset>/ (reference_paths, by the run's
+    seed), then rewrite RUNS.md."""
     for path in (results_file, run_dir / RUN_LOG, run_dir / RUN_SUMMARY):
         if not Path(path).is_file():
             raise MclrecError(f"{path}: missing; a reference run needs the results JSON and the run's log and summary")
     record = json.loads(Path(results_file).read_text())
     if record.get("dataset") != dataset or record.get("variant") != variant:
         raise MclrecError(f"{results_file}: is {record.get('dataset')}/{record.get('variant')}, not {dataset}/{variant}")
+    seed = record.get("seed") or 0
+    if not isinstance(seed, int) or seed < 0:
+        raise MclrecError(f"{results_file}: seed {seed!r} is not a non-negative integer")
     folder = root / dataset
-    for source, dest in ((results_file, folder / f"{variant}.json"), (run_dir / RUN_LOG, folder / variant / RUN_LOG),
-                         (run_dir / RUN_SUMMARY, folder / variant / RUN_SUMMARY)):
+    results_dest, run_dest = reference_paths(folder, variant, seed)
+    for source, dest in ((results_file, results_dest), (run_dir / RUN_LOG, run_dest / RUN_LOG),
+                         (run_dir / RUN_SUMMARY, run_dest / RUN_SUMMARY)):
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dest) as tmp:
             shutil.copyfile(source, tmp)
     write_runs_table(folder)
-    return folder / f"{variant}.json"
+    return results_dest
+
+
+def _reference_files(folder: Path) -> list[tuple[Path, Path]]:
+    """(results JSON, run folder) of every reference run in `folder`, by variant then seed."""
+    found = [(path, folder / path.stem) for path in folder.glob("*.json") if not path.name.endswith(".metrics.json")]
+    found += [(path, path.parent / path.stem) for path in folder.glob("*/seed*.json")]
+    return sorted(found, key=lambda pair: (pair[0].stem if pair[0].parent == folder else pair[0].parent.name,
+                                           json.loads(pair[0].read_text()).get("seed") or 0))
 
 
 def runs_rows(folder: Path) -> list[dict[str, Any]]:
-    """One row per committed reference run in `folder` (a <variant>.json with its <variant>/summary.json)."""
+    """One row per committed reference run in `folder` (reference_paths' layout), by variant then seed."""
     rows = []
-    for path in sorted(folder.glob("*.json")):
-        if path.name.endswith(".metrics.json"):
-            continue
+    for path, run_folder in _reference_files(folder):
         record = json.loads(path.read_text())
-        summary_path = folder / path.stem / RUN_SUMMARY
+        summary_path = run_folder / RUN_SUMMARY
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         # runs trained before the summary recorded its environment: the evaluation's (same machine), and the
         # training threads from the run's settings
@@ -52,21 +72,49 @@ def runs_rows(folder: Path) -> list[dict[str, Any]]:
             "best": summary.get("best_epoch"), "stopped": summary.get("stopped", ""),
             "hours": (summary.get("train_seconds") or 0) / 3600, "cpu": env.get("cpu"), "threads": threads or env.get("threads"),
             "torch": env.get("torch"), "commit": ((env.get("git") or {}).get("commit") or "")[:10],
-            "HR@20": test.get("HR@20"), "NDCG@20": test.get("NDCG@20"),
+            **{metric: test.get(metric) for metric in SEED_METRICS},
         })
     return rows
 
 
+def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant with two or more seeds: the seeds, and mean and sample sd (ddof 1) of each SEED_METRICS."""
+    spread = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant and all(r[m] is not None for m in SEED_METRICS)]
+        if len(mine) < 2:
+            continue
+        stats = {}
+        for metric in SEED_METRICS:
+            values = [r[metric] for r in mine]
+            mean = sum(values) / len(values)
+            stats[metric] = (mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5)
+        spread.append({"variant": variant, "seeds": [r["seed"] for r in mine], **stats})
+    return spread
+
+
 def write_runs_table(folder: Path) -> None:
-    """RUNS.md: how every reference run in `folder` was made."""
+    """RUNS.md: how every reference run in `folder` was made, then mean ± sd over seeds where a variant has several."""
+    rows = runs_rows(folder)
     lines = ["# Reference runs", "",
              "Each was trained with `snakemake --cores 1 results/<dataset>/<variant>/seed<k>.json` (the study's seed "
-             "run: `mclrec train ... --seed <k>` then `mclrec report evaluate-seed`), with `num_threads: 1`, on the "
-             "machine below, and added with `mclrec report reference`.", "",
-             "| variant | seed | epochs (best) | stopped | train hours | CPU | threads | torch | commit | test HR@20 | test NDCG@20 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs_rows(folder):
+             "run: `mclrec train ... --seed <k>` then `mclrec evaluate --seed <k>`), with `num_threads: 1`, on the "
+             "machine below, and added with `mclrec report reference` (seed 0 as `<variant>.json` and `<variant>/`, "
+             "seed k > 0 as `<variant>/seed<k>.json` and `<variant>/seed<k>/`).", "",
+             "| variant | seed | epochs (best) | stopped | train hours | CPU | threads | torch | commit "
+             "| test HR@10 | test HR@20 | test NDCG@10 | test NDCG@20 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        metrics = " | ".join(f"{r[m]:.4f}" if r[m] is not None else "-" for m in SEED_METRICS)
         lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} ({r['best']}) | {r['stopped']} | {r['hours']:.2f} "
-                     f"| {r['cpu']} | {r['threads']} | {r['torch']} | {r['commit']} | {r['HR@20']:.4f} | {r['NDCG@20']:.4f} |")
+                     f"| {r['cpu']} | {r['threads']} | {r['torch']} | {r['commit']} | {metrics} |")
+    spread = seed_spread(rows)
+    if spread:
+        lines += ["", "## Over seeds", "", "Mean ± sample standard deviation of the test metrics over the seeds above.", "",
+                  "| variant | seeds | " + " | ".join(f"test {m}" for m in SEED_METRICS) + " |",
+                  "|---|---|" + "---|" * len(SEED_METRICS)]
+        for r in spread:
+            cells = " | ".join(f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in SEED_METRICS)
+            lines.append(f"| {r['variant']} | {', '.join(map(str, r['seeds']))} | {cells} |")
     with atomic_open(folder / "RUNS.md", "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
