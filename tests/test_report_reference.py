@@ -1,6 +1,7 @@
 """`mclrec report reference`: a finished seed run's small files are committed with a RUNS.md describing it."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -61,6 +62,17 @@ def test_seeds_beyond_0_go_under_the_variant_and_runs_md_gives_mean_and_sd(tmp_p
         == [["| mclrec", "0"], ["| sasrec", "0"], ["| sasrec", "1"], ["| sasrec", "2"]]
     # HR@10 0.08, 0.09, 0.10: mean 0.09, sd 0.01; NDCG@20 0.05, 0.06, 0.04: mean 0.05, sd 0.01
     assert "| sasrec | 0, 1, 2 | 0.0900 ± 0.0100 | 0.1200 ± 0.0100 | 0.0400 ± 0.0100 | 0.0500 ± 0.0100 |" in runs
+    # Table 3's reference block: seed 0 as before, then mean ± sd over the seeds (Δ of the mean: HR@20 0.12 against
+    # the paper's SASRec 0.0894 is +34.2%; HR@10 0.09 against 0.0624, +44.2%); mclrec, with one seed, has no such row
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    res = runner.invoke(app, ["report", "table", "3", "--params", str(params), "--results", str(tmp_path / "none"),
+                              "--reference", str(tmp_path / "ref"), "--out", str(tmp_path / "tables")])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "tables" / "table3.md").read_text().split("reference runs", 1)[1]
+    assert "| sasrec, seeds 0, 1, 2 | same protocol | 0.0377 | – | – | 0.0624 | 0.0900 ± 0.0100 | +44.2% | 0.0894 | " \
+           "0.1200 ± 0.0100 | +34.2% |" in table
+    assert "| sasrec | same protocol | 0.0377 | – | – | 0.0624 | 0.0800 | +28.2% | 0.0894 | 0.1200 | +34.2% |" in table
+    assert "| mclrec | proposed |" in table and "mclrec, seeds" not in table
     assert not any(line.startswith("| mclrec | 0 | 0.") for line in runs)  # no spread for a single seed
 
 

@@ -123,3 +123,18 @@ def test_reference_table_shows_runs_beside_the_published_cells():
     assert "| mclrec | proposed | 0.1243 | 0.1200 | −3.5% | 0.0539 | 0.0530 | −1.7% | 41 | 2.5 |" in md
     assert "sasrec |" not in md and "sports" not in md and "seed 0" in md
     assert reference_table({}, ["beauty"], ["mclrec"], METRICS) == ""
+
+
+def test_reference_table_adds_mean_and_sd_over_seeds_where_a_variant_has_several():
+    from mclrec.report.tables import reference_table
+
+    run = {"metrics": {"test": {"HR@20": 0.1200, "NDCG@20": 0.0530}}, "epochs_run": 41, "train_seconds": 9000.0}
+    spread = {"metrics": {"test": {"HR@20": 0.1180, "NDCG@20": 0.0520}},
+              "metrics_std": {"test": {"HR@20": 0.0020, "NDCG@20": 0.0010}}, "n_seeds": 3, "seeds": [0, 1, 2],
+              "epochs_run": [41, 30, None], "train_seconds": 7200.0}
+    md = reference_table({("beauty", "mclrec"): run}, ["beauty"], ["mclrec"], METRICS,
+                         seed_index={("beauty", "mclrec"): spread})
+    # (0.118 - 0.1243) / 0.1243 = -5.1%; (0.052 - 0.0539) / 0.0539 = -3.5%; 7200 s = 2.0 h (mean per seed)
+    assert "| mclrec, seeds 0, 1, 2 | proposed | 0.1243 | 0.1180 ± 0.0020 | −5.1% | 0.0539 | 0.0520 ± 0.0010 | −3.5% " \
+           "| 41/30/– | 2.0 |" in md
+    assert md.index("| mclrec | proposed |") < md.index("| mclrec, seeds")

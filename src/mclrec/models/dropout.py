@@ -19,9 +19,7 @@ class Dropout(nn.Dropout):
 
     def __init__(self, p: float = 0.5, draws: str = "bytes"):
         super().__init__(p)
-        if draws not in DROPOUT_DRAWS:
-            raise ValueError(f"dropout draws must be one of {', '.join(DROPOUT_DRAWS)}, got {draws!r}")
-        self.draws = draws
+        self.draws = checked_draws(draws)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
@@ -29,10 +27,16 @@ class Dropout(nn.Dropout):
         return x * cpu_keep_mask(x, self.p, self.draws)
 
 
-def set_dropout_draws(module: nn.Module, draws: str) -> None:
-    """Make every Dropout in `module` draw its CPU keep-masks with `draws` (a run setting, not a weight)."""
+def checked_draws(draws: str) -> str:
+    """`draws` when it is a known way to draw keep-masks, else a ValueError naming the setting."""
     if draws not in DROPOUT_DRAWS:
         raise ValueError(f"dropout_draws must be one of {', '.join(DROPOUT_DRAWS)}, got {draws!r}")
+    return draws
+
+
+def set_dropout_draws(module: nn.Module, draws: str) -> None:
+    """Make every Dropout in `module` draw its CPU keep-masks with `draws` (a run setting, not a weight)."""
+    checked_draws(draws)
     for child in module.modules():
         if isinstance(child, Dropout):
             child.draws = draws

@@ -63,6 +63,7 @@ def table(
     baseline with a paired test, and the committed reference runs beside the published cells."""
     from mclrec.report import tables
     from mclrec.report.aggregate import SEED_AGGREGATE, load_index, load_ranks_index
+    from mclrec.report.reference import seed_aggregates
 
     with _guard():
         study = config.load_params(params)["study"]
@@ -74,7 +75,9 @@ def table(
             ranks = load_ranks_index(results, study["datasets"], variants, SEED_AGGREGATE)
             md, frame = tables.table3(index, study["datasets"], variants, ranks_index=ranks)
             references = load_index(reference, study["datasets"], variants)
-            md += "\n" + tables.reference_table(references, study["datasets"], variants)
+            spreads = {(d, v): doc for d in study["datasets"]
+                       for v, doc in seed_aggregates(reference / d, variants).items()}
+            md += "\n" + tables.reference_table(references, study["datasets"], variants, seed_index=spreads)
         else:
             md, frame = tables.table4(index, study["datasets"], variants)
         tables.write_table(md, frame, out / f"table{number}.md", out / f"table{number}.csv")

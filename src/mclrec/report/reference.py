@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mclrec.errors import MclrecError
 from mclrec.io import atomic_open, atomic_path
 from mclrec.paths import RUN_LOG, RUN_SUMMARY
+from mclrec.report.aggregate import aggregate_record, load_results
 
 REFERENCE_ROOT = Path("results/reference")
 SEED_METRICS = ("HR@10", "HR@20", "NDCG@10", "NDCG@20")  # test metrics RUNS.md lists per run and over seeds
@@ -53,6 +54,25 @@ def _reference_files(folder: Path) -> list[tuple[Path, Path]]:
     found += [(path, path.parent / path.stem) for path in folder.glob("*/seed*.json")]
     return sorted(found, key=lambda pair: (pair[0].stem if pair[0].parent == folder else pair[0].parent.name,
                                            json.loads(pair[0].read_text()).get("seed") or 0))
+
+
+def seed_aggregates(folder: Path, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{variant: the seed-aggregate document (aggregate_record: mean, std, n_seeds ...)} for each of `variants` with
+    two or more reference seeds in `folder`; `epochs_run` lists each seed's epochs, by seed."""
+    by_variant: dict[str, list[Path]] = {}
+    for path, _ in _reference_files(folder):
+        record_variant = path.stem if path.parent == folder else path.parent.name
+        by_variant.setdefault(record_variant, []).append(path)
+    aggregates = {}
+    for variant in variants:
+        paths = by_variant.get(variant, [])
+        if len(paths) < 2:
+            continue
+        records = load_results(paths)
+        doc = aggregate_record(records, paths)
+        doc["epochs_run"] = [r.get("epochs_run") for r in records]
+        aggregates[variant] = doc
+    return aggregates
 
 
 def runs_rows(folder: Path) -> list[dict[str, Any]]:

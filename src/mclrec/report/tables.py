@@ -149,31 +149,45 @@ def table3(results_index: ResultsIndex, datasets: Sequence[str], variants: Seque
     return to_markdown(df, datasets, metrics, with_kind=True) + "\n" + NOTE3, df
 
 
-REFERENCE_NOTE = ("Reference runs: models trained by this project with seed 0 on the CPU and committed under "
-                  "results/reference/<dataset>/ (results JSON, log.jsonl, summary.json). One seed each, so Δ "
-                  "includes seed noise; the paper's baseline cells come from each baseline's own code (see Kind).\n")
+REFERENCE_NOTE = ("Reference runs: models trained by this project on the CPU and committed under "
+                  "results/reference/<dataset>/ (results JSON, log.jsonl, summary.json). A variant's first row is "
+                  "seed 0, so its Δ includes seed noise; where a variant has several seeds, a second row gives mean ± "
+                  "sample sd over them (Δ of the mean; epochs per seed; mean hours per seed). The paper's baseline "
+                  "cells come from each baseline's own code (see Kind).\n")
+
+
+def _reference_line(variant: str, record: Mapping[str, Any], dataset: str, metrics: Sequence[str],
+                    label: str) -> list[str]:
+    """One reference-table row: paper | ours (mean ± sd over seeds when an aggregate) | Δ per metric, epochs, hours."""
+    cells = []
+    for metric in metrics:
+        value, std, n = ours(record, metric)
+        cells += [fmt_value(_pub(dataset, variant, metric)), fmt_mean_std(value, std, n),
+                  fmt_pct(rel_diff(value, _pub(dataset, variant, metric)))]
+    epochs = record.get("epochs_run", MISSING)
+    if isinstance(epochs, list):
+        epochs = "/".join(MISSING if e is None else str(e) for e in epochs)
+    hours = record.get("train_seconds")
+    return [label, kind(variant)] + cells + [str(epochs), f"{hours / 3600:.1f}" if hours else MISSING]
 
 
 def reference_table(reference_index: ResultsIndex, datasets: Sequence[str], variants: Sequence[str],
-                    metrics: Sequence[str] = TABLE3_METRICS) -> str:
-    """The committed reference runs beside the published cells (paper | ours | Δ), with epochs and wall time;
-    empty when there is none."""
-    header = ["Variant", "Kind"] + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")] + ["epochs", "hours"]
+                    metrics: Sequence[str] = TABLE3_METRICS, seed_index: ResultsIndex | None = None) -> str:
+    """The committed reference runs beside the published cells (paper | ours | Δ), with epochs and wall time, and,
+    for a variant in `seed_index` (seed aggregates), a row of mean ± sd over its seeds; empty when there is none."""
+    header = ["Variant", "Kind"] + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")]
+    header += ["epochs", "hours"]
     blocks = []
     for dataset in datasets:
         lines = []
         for variant in variants:
             record = reference_index.get((dataset, variant))
-            if not record:
-                continue
-            cells = []
-            for metric in metrics:
-                value, _, _ = ours(record, metric)
-                cells += [fmt_value(_pub(dataset, variant, metric)), fmt_value(value),
-                          fmt_pct(rel_diff(value, _pub(dataset, variant, metric)))]
-            hours = record.get("train_seconds")
-            lines.append([variant, kind(variant)] + cells + [str(record.get("epochs_run", MISSING)),
-                                                              f"{hours / 3600:.1f}" if hours else MISSING])
+            if record:
+                lines.append(_reference_line(variant, record, dataset, metrics, variant))
+            spread = (seed_index or {}).get((dataset, variant))
+            if spread:
+                seeds = ", ".join(map(str, spread.get("seeds", [])))
+                lines.append(_reference_line(variant, spread, dataset, metrics, f"{variant}, seeds {seeds}"))
         if lines:
             blocks.append(f"**{dataset}, reference runs**\n\n" + markdown_grid(header, lines))
     return "\n\n".join(blocks) + "\n\n" + REFERENCE_NOTE if blocks else ""
