@@ -47,6 +47,25 @@ def test_curves_overlays_the_study_seeds(tmp_path):
     assert (tmp_path / "curves" / "synthetic" / "mclrec.png").stat().st_size > 1000
 
 
+def test_curves_of_the_reference_runs_read_their_committed_logs(tmp_path, monkeypatch):
+    from mclrec.report import figures
+
+    ref = tmp_path / "reference" / "synthetic"
+    for folder, last in ((ref / "mclrec", 3), (ref / "mclrec" / "seed2", 5)):  # seed 0 and seed 2 layouts
+        folder.mkdir(parents=True, exist_ok=True)
+        records = [{"epoch": e, "loss": {"rec": 5 - e}, "valid": {"MRR@10": 0.1 * e}} for e in range(1, last + 1)]
+        (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    seen = {}
+    monkeypatch.setattr(figures, "plot_training_curves",
+                        lambda runs, title, path, metric: seen.update(runs=runs, path=path, metric=metric))
+    args = ["report", "curves", "synthetic", "mclrec", "--params", _params(tmp_path, [0, 1, 2]),
+            "--reference", str(tmp_path / "reference"), "--out", str(tmp_path / "curves")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert {label: len(records) for label, records in seen["runs"].items()} == {"seed 0": 3, "seed 1": 0, "seed 2": 5}
+    assert seen["path"] == tmp_path / "curves" / "synthetic" / "mclrec.png" and seen["metric"] == "MRR@10"
+
+
 def test_aggregate_reads_exactly_the_study_seeds(tmp_path):
     run_dir = tmp_path / "results" / "synthetic" / "mclrec"
     for seed, ndcg in ((0, 0.1), (1, 0.2), (5, 0.9)):

@@ -220,16 +220,23 @@ def curves(
     variant: str = typer.Argument(..., help="Variant name."),
     params: Path = ParamsOpt,
     models: Path = ModelsOpt,
+    reference: Optional[Path] = typer.Option(None, help="Read the committed reference runs under this root "
+                                             "(results/reference) instead of the study's runs under --models."),
     out: Path = typer.Option(Path("results/figures/curves"), help="Folder for <dataset>/<variant>.png."),
 ) -> None:
     """Training curves of a study run: each loss component and validation `train.valid_metric` by epoch, the seeds
     overlaid."""
     from mclrec.report import figures
+    from mclrec.report.reference import reference_paths
 
     with _guard():
         params_dict = config.load_params(params)
         seeds = params_dict["study"]["seeds"]
-        runs = {f"seed {k}": read_log(paths.run_dir(dataset, variant, k, models) / paths.RUN_LOG) for k in seeds}
+        if reference is None:
+            folders = {k: paths.run_dir(dataset, variant, k, models) for k in seeds}
+        else:
+            folders = {k: reference_paths(reference / dataset, variant, k)[1] for k in seeds}
+        runs = {f"seed {k}": read_log(folder / paths.RUN_LOG) for k, folder in folders.items()}
         figures.plot_training_curves(runs, f"{dataset} / {variant}: training curves", out / dataset / f"{variant}.png",
                                      metric=params_dict["train"]["valid_metric"])
 
