@@ -65,5 +65,9 @@ def test_old_last_checkpoint_resumes_exactly(data, expected, tmp_path):
         assert got.pop("world_size", 1) == 1  # new records say how many processes trained (the old ones predate it)
         # validation during training now scores only valid_metric's cut-off; those numbers are unchanged
         assert got["valid"] and got["valid"] == {k: want["valid"][k] for k in got["valid"]}
-        assert {k: v for k, v in got.items() if k != "valid"} == {k: v for k, v in want.items() if k != "valid"}
+        # the epoch-3 losses to float32 rounding: the fixture was trained on a CPU with AVX-512, whose kernels round
+        # some sums differently from AVX2's (exact resume on one machine: test_training.py)
+        assert got.pop("loss") == pytest.approx(want["loss"], rel=1e-6)
+        rest = {k: v for k, v in want.items() if k not in ("valid", "loss")}
+        assert {k: v for k, v in got.items() if k != "valid"} == rest
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
