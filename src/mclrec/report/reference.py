@@ -52,8 +52,13 @@ def _reference_files(folder: Path) -> list[tuple[Path, Path]]:
     """(results JSON, run folder) of every reference run in `folder`, by variant then seed."""
     found = [(path, folder / path.stem) for path in folder.glob("*.json") if not path.name.endswith(".metrics.json")]
     found += [(path, path.parent / path.stem) for path in folder.glob("*/seed*.json")]
-    return sorted(found, key=lambda pair: (pair[0].stem if pair[0].parent == folder else pair[0].parent.name,
+    return sorted(found, key=lambda pair: (_variant_of(pair[0], folder),
                                            json.loads(pair[0].read_text()).get("seed") or 0))
+
+
+def _variant_of(results_file: Path, folder: Path) -> str:
+    """The variant of a reference results JSON in `folder` (<variant>.json or <variant>/seed<k>.json)."""
+    return results_file.stem if results_file.parent == folder else results_file.parent.name
 
 
 def seed_aggregates(folder: Path, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -61,8 +66,7 @@ def seed_aggregates(folder: Path, variants: Sequence[str]) -> dict[str, dict[str
     two or more reference seeds in `folder`; `epochs_run` lists each seed's epochs, by seed."""
     by_variant: dict[str, list[Path]] = {}
     for path, _ in _reference_files(folder):
-        record_variant = path.stem if path.parent == folder else path.parent.name
-        by_variant.setdefault(record_variant, []).append(path)
+        by_variant.setdefault(_variant_of(path, folder), []).append(path)
     aggregates = {}
     for variant in variants:
         paths = by_variant.get(variant, [])
