@@ -92,3 +92,27 @@ def test_bench_heap_smoke(tiny_processed, tmp_path, capsys):
     assert all(row["step_ms"] > 0 and row["faults_per_step"] >= 0 for row in result["rows"])
     assert "| sasrec | glibc defaults |" in capsys.readouterr().out
     assert json.loads((tmp_path / "heap.json").read_text())["rows"] == result["rows"]
+
+
+def test_bench_processes_smoke(tiny_processed, tmp_path, capsys):
+    bench = load_benchmark("bench_processes")
+    arms = ["nproc=1 num_threads=1", "nproc=2 num_threads=1"]
+    result = bench.main(["--dataset", "synthetic", "--data-dir", str(tiny_processed),
+                         "--params", str(ROOT / "params.yaml"), "--variants", "sasrec", "--epochs", "2",
+                         "--set", "batch_size=32", "--arm", arms[0], "--arm", arms[1],
+                         "--json", str(tmp_path / "processes.json")])
+    assert [row["arm"] for row in result["rows"]] == arms
+    assert [len(run["epoch_seconds"]) for run in result["runs"]] == [2, 2]  # both epochs of each real training
+    first, split = result["rows"]
+    assert first["speed_up"] == 1
+    assert split["speed_up"] == pytest.approx(first["epoch_seconds"] / split["epoch_seconds"])
+    out = capsys.readouterr().out
+    assert "| sasrec | nproc=2 num_threads=1 |" in out and "- cpu_flags: " in out
+    assert json.loads((tmp_path / "processes.json").read_text())["rows"] == result["rows"]
+
+
+def test_bench_processes_refuses_an_arm_that_is_not_settings(capsys):
+    bench = load_benchmark("bench_processes")
+    with pytest.raises(SystemExit):
+        bench.main(["--arm", "nproc 2"])
+    assert "--arm 'nproc 2': expected space-separated KEY=VALUE settings" in capsys.readouterr().err
