@@ -1,15 +1,35 @@
 """Shared fixtures: a tiny processed synthetic dataset, the project's params, and the benchmark scripts."""
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from mclrec import config
 from mclrec.data.preprocess import preprocess
 from mclrec.data.processed import load_processed
 from mclrec.data.synth import generate_synthetic
+
+
+def _share_threads() -> None:
+    """Under pytest-xdist, give each worker its share of the cores (OpenMP threads, inherited by subprocesses).
+
+    Two workers with torch's default of one thread per core would run 2x the threads on the cores, and OpenMP
+    threads that wait for each other on a busy core slow down far more than 2x. A thread setting of the user's
+    (OMP_NUM_THREADS) wins.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+_share_threads()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

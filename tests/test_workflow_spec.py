@@ -17,6 +17,8 @@ from mclrec.cli import app
 from .conftest import ROOT
 
 runner = CliRunner()
+# snakemake and dvc run in the repository itself here (.snakemake/, .dvc/tmp): one pytest worker runs them all
+pytestmark = pytest.mark.xdist_group("repository")
 
 
 @pytest.fixture(scope="module")
