@@ -35,9 +35,9 @@ from mclrec.environment import cpu_model  # noqa: E402
 
 
 def default_arms() -> list[str]:
-    """Every core in one process; one single-threaded process per core (both only where there are >= 2 cores)."""
+    """Every core in one process; one single-threaded process per core (on one core the two arms coincide)."""
     cores = len(os.sched_getaffinity(0))
-    return [f"nproc=1 num_threads={cores}", f"nproc={max(cores, 1)} num_threads=1"]
+    return [f"nproc=1 num_threads={cores}", f"nproc={cores} num_threads=1"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

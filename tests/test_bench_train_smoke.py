@@ -116,3 +116,10 @@ def test_bench_processes_refuses_an_arm_that_is_not_settings(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--arm", "nproc 2"])
     assert "--arm 'nproc 2': expected space-separated KEY=VALUE settings" in capsys.readouterr().err
+
+
+def test_bench_processes_names_the_training_that_failed(tiny_processed, tmp_path):
+    bench = load_benchmark("bench_processes")
+    with pytest.raises(SystemExit, match=r"no-such-variant \[nproc=1 num_threads=1\] failed"):
+        bench.main(["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
+                    "--variants", "no-such-variant", "--arm", "nproc=1 num_threads=1"])
