@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mclrec.models.packed_encoding import encode_packed, pack
+from mclrec.models.packed_encoding import encode_packed, head_layout, pack
 
 from .test_models_encoder import make_encoder, random_batch
 
@@ -75,3 +75,37 @@ def test_gradients_flow_to_every_item_of_the_batch():
     for name, param in encoder.named_parameters():
         torch.testing.assert_close(packed_grad[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
     assert packed_grad["item_embedding.weight"][seq.unique()[1:]].abs().sum(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 4])
+def test_head_layout_gathers_what_the_permuted_slots_hold(n_heads):
+    seq, lengths = random_batch(11, batch=25)
+    packing = pack(seq, lengths, (3, 6))
+    layout = head_layout(packing, n_heads)
+    head_size, T = 3, len(packing.tokens)
+    for parts, index, counts in ((3, layout.qkv, layout.qkv_counts), (2, layout.kv, layout.kv_counts)):
+        product = torch.randn(T, parts * n_heads * head_size)
+        padded = torch.cat([product, torch.zeros(1, product.shape[1])])
+        gathered = padded.view(-1, head_size).index_select(0, index).split(counts)
+        slots = padded.index_select(0, packing.token_of_slot).split(packing.slot_counts)
+        for group, got, rows in zip(packing.groups, gathered, slots):  # the layout the permuted views had
+            expected = rows.view(group.size, group.width, parts, n_heads, head_size).permute(2, 0, 3, 1, 4)
+            assert torch.equal(got.view(parts, group.size, n_heads, group.width, head_size), expected)
+    outputs = [torch.randn(group.size, n_heads, group.width, head_size) for group in packing.groups]
+    by_slot = torch.cat([out.transpose(1, 2).reshape(-1, n_heads * head_size) for out in outputs])
+    got = torch.cat([out.reshape(-1, head_size) for out in outputs]).index_select(0, layout.tokens).view(T, -1)
+    assert torch.equal(got, by_slot.index_select(0, packing.slot_of_token))
+
+
+def test_head_layout_by_hand():
+    seq = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 0, 0]])
+    packing = pack(seq, torch.tensor([3, 1, 2]))  # one group of 3 rows, width 3; T = 6 is the zero row
+    layout = head_layout(packing, 2)
+    # kv (parts 2, 2 heads): row (token t, part p, head h) of the [7 x 4, head_size] view is 4 t + 2 p + h;
+    # the order is part, row, head, slot: keys of row 0, head 0 read tokens 0, 1, 2 -> 0, 4, 8
+    assert layout.kv.view(2, 3, 2, 3)[0, 0, 0].tolist() == [0, 4, 8]
+    assert layout.kv.view(2, 3, 2, 3)[1, 1, 1].tolist() == [4 * 3 + 3, 4 * 6 + 3, 4 * 6 + 3]  # row 1: token 3
+    assert layout.qkv.view(3, 3, 2, 3)[2, 2, 0].tolist() == [6 * 4 + 4, 6 * 5 + 4, 6 * 6 + 4]  # row 2: tokens 4, 5
+    # token 4 (row 2, slot 0): its heads' outputs are [row 2, head h, slot 0] = (2 x 2 + h) x 3 + 0
+    assert layout.tokens.view(6, 2)[4].tolist() == [12, 15]
+    assert layout.qkv_counts == [3 * 2 * 9] and layout.kv_counts == [2 * 2 * 9]

@@ -4,11 +4,12 @@ With length buckets (fast_encoding.encode) each group of rows is padded to its o
 operation of the encoder (embedding, LayerNorm, QKV, feed-forward, dropout, residuals) runs once per group. Here
 the positions t < length of all rows form one `[tokens, hidden]` tensor and those operations run once on it; only
 attention, which mixes positions of one row, is grouped by length. Per block, one product computes queries, keys
-and values of every token together; one gather lays them out as the groups' padded slots `[slots, 3 x hidden]`
-(padded slots read a zero row); each group is scored with RecBole's additive mask (-10000, so a query whose keys
-are all masked gets finite weights instead of NaN), and one gather brings the real slots' outputs back into
-token order. As in encode_last, the final block computes queries, attention and feed-forward for the read-out
-position only.
+and values of every token together; one gather lays them out head-major as the groups' padded slots (`[parts,
+rows, heads, width, head_size]`, padded slots reading a zero row; HeadLayout), so the attention products read
+contiguous inputs and no per-head layout copy is made in either direction; each group is scored with RecBole's
+additive mask (-10000, so a query whose keys are all masked gets finite weights instead of NaN), and one gather
+brings the real slots' outputs back into token order. As in encode_last, the final block computes queries,
+attention and feed-forward for the read-out position only.
 
 With dropout 0 the result is SASRecEncoder.forward's up to float rounding (tests/test_packed_encoding.py); with
 dropout every kept/dropped draw has the law of nn.Dropout, on other draws. One corner differs, as it does with
@@ -105,9 +106,47 @@ def pack(item_seq: Tensor, lengths: Tensor, length_buckets: Sequence[int] = (), 
                    slot_of_token, order, row_position)
 
 
-def _heads(x: Tensor, size: int, width: int, parts: int, attn: MultiHeadAttention) -> tuple[Tensor, ...]:
-    """[size * width, parts x hidden] slot rows -> `parts` tensors [size, heads, width, head_size] (strided views)."""
-    return x.view(size, width, parts, attn.n_heads, attn.head_size).permute(2, 0, 3, 1, 4).unbind(0)
+@dataclass(frozen=True)
+class HeadLayout:
+    """Gather indexes that lay attention inputs out head-major, so attention needs no layout copies.
+
+    A product's output [T, parts x hidden] with one zero row appended, viewed as rows of one head's slice
+    `[(T + 1) x parts x heads, head_size]`, is read by `qkv` (parts 3) or `kv` (parts 2) as each group's
+    `[parts, size, heads, width, head_size]` in turn, contiguous; the groups' outputs `[size, heads, width,
+    head_size]`, concatenated, are read back into token order `[T x heads, head_size]` by `tokens`.
+    """
+
+    qkv: Tensor
+    kv: Tensor
+    tokens: Tensor
+    qkv_counts: list[int]
+    kv_counts: list[int]
+
+
+def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
+    """The HeadLayout of `packing` for attention with `n_heads` heads."""
+    device = packing.token_of_slot.device
+    heads = torch.arange(n_heads, device=device)
+    gathers: dict[int, list[Tensor]] = {3: [], 2: []}
+    token_rows, offset = [], 0
+    for group, tokens in zip(packing.groups, packing.token_of_slot.split(packing.slot_counts)):
+        tokens = tokens.view(1, group.size, 1, group.width)
+        for parts, index in gathers.items():
+            part = torch.arange(parts, device=device).view(parts, 1, 1, 1)
+            index.append((tokens * (parts * n_heads) + part * n_heads + heads.view(1, 1, n_heads, 1)).reshape(-1))
+        rows = torch.arange(group.size, device=device).view(group.size, 1, 1)
+        steps = torch.arange(group.width, device=device).view(1, group.width, 1)
+        token_rows.append((offset + (rows * n_heads + heads) * group.width + steps).reshape(-1, n_heads))
+        offset += group.size * n_heads * group.width
+    return HeadLayout(torch.cat(gathers[3]), torch.cat(gathers[2]),
+                      torch.cat(token_rows).index_select(0, packing.slot_of_token).reshape(-1),
+                      [3 * n_heads * count for count in packing.slot_counts],
+                      [2 * n_heads * count for count in packing.slot_counts])
+
+
+def _head_slots(x: Tensor, weight: Tensor, bias: Tensor, head_size: int, index: Tensor) -> Tensor:
+    """F.linear(x, weight, bias) [T, parts x hidden] gathered by a HeadLayout index as rows [*, head_size]."""
+    return F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)).view(-1, head_size).index_select(0, index)
 
 
 def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -115,40 +154,41 @@ def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Ten
     return attend(q, k, v, mask, attn.attn_dropout, attn.attention)
 
 
-def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing) -> Tensor:
+def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing, layout: HeadLayout) -> Tensor:
     """The attention context of every real token, [T, H]: queries, keys and values from one product."""
     weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight])
     bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
-    slots = F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)).index_select(0, packing.token_of_slot)
+    slots = _head_slots(x, weight, bias, attn.head_size, layout.qkv)
     outputs = []
-    for group, rows in zip(packing.groups, slots.split(packing.slot_counts)):  # split: one backward for all groups
-        q, k, v = _heads(rows, group.size, group.width, 3, attn)
-        outputs.append(_attend(attn, q, k, v, group.mask).transpose(1, 2).reshape(len(rows), -1))
-    return torch.cat(outputs).index_select(0, packing.slot_of_token)
+    for group, rows in zip(packing.groups, slots.split(layout.qkv_counts)):  # split: one backward for all groups
+        q, k, v = rows.view(3, group.size, attn.n_heads, group.width, attn.head_size).unbind(0)
+        outputs.append(_attend(attn, q, k, v, group.mask).view(-1, attn.head_size))
+    return torch.cat(outputs).index_select(0, layout.tokens).view(len(x), -1)
 
 
-def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing: Packing) -> Tensor:
+def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing: Packing,
+                        layout: HeadLayout) -> Tensor:
     """The attention context of each row's read-out token `xq` [B, H] over its row's keys, [B, H]."""
     weight = torch.cat([attn.key.weight, attn.value.weight])
     bias = torch.cat([attn.key.bias, attn.value.bias])
-    slots = F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)).index_select(0, packing.token_of_slot)
+    slots = _head_slots(x, weight, bias, attn.head_size, layout.kv)
     queries = attn.query(xq).index_select(0, packing.row_order).split([group.size for group in packing.groups])
     outputs = []
-    for group, rows, query in zip(packing.groups, slots.split(packing.slot_counts), queries):
-        k, v = _heads(rows, group.size, group.width, 2, attn)
-        (q,) = _heads(query, group.size, 1, 1, attn)
+    for group, rows, query in zip(packing.groups, slots.split(layout.kv_counts), queries):
+        k, v = rows.view(2, group.size, attn.n_heads, group.width, attn.head_size).unbind(0)
+        q = query.view(group.size, attn.n_heads, 1, attn.head_size)
         outputs.append(_attend(attn, q, k, v, group.last_mask).reshape(group.size, -1))
     return torch.cat(outputs).index_select(0, packing.row_position)
 
 
-def _block(layer: TransformerLayer, x: Tensor, packing: Packing, last_only: bool) -> Tensor:
+def _block(layer: TransformerLayer, x: Tensor, packing: Packing, layout: HeadLayout, last_only: bool) -> Tensor:
     """One transformer block on packed tokens x [T, H]; for the read-out rows only [B, H] when `last_only`."""
     attn = layer.multi_head_attention
     if last_only:
         xq = x.index_select(0, packing.last)
-        context = _read_out_attention(attn, x, xq, packing)
+        context = _read_out_attention(attn, x, xq, packing, layout)
     else:
-        xq, context = x, _all_tokens_attention(attn, x, packing)
+        xq, context = x, _all_tokens_attention(attn, x, packing, layout)
     h = attn.LayerNorm(attn.out_dropout(attn.dense(context)) + xq)
     return layer.feed_forward(h)
 
@@ -162,6 +202,7 @@ def encode_packed(encoder: SASRecEncoder, item_seq: Tensor, lengths: Tensor,
     x = encoder.item_embedding(packing.tokens) + encoder.position_embedding(packing.positions)
     x = encoder.dropout(encoder.LayerNorm(x))
     blocks = encoder.trm_encoder.layer
+    layout = head_layout(packing, blocks[0].multi_head_attention.n_heads)
     for block in blocks[:-1]:
-        x = _block(block, x, packing, last_only=False)
-    return _block(blocks[-1], x, packing, last_only=True)
+        x = _block(block, x, packing, layout, last_only=False)
+    return _block(blocks[-1], x, packing, layout, last_only=True)
