@@ -89,4 +89,18 @@ def test_a_reference_run_with_a_foreign_seed_field_is_refused(tmp_path):
 def test_reference_of_a_missing_run_is_refused(tmp_path):
     res = runner.invoke(app, ["report", "reference", "beauty", "sasrec", "--results", str(tmp_path / "results"),
                               "--models", str(tmp_path / "models"), "--out", str(tmp_path / "ref")])
-    assert res.exit_code == 1 and "seed0.json: missing" in " ".join(res.output.split())
+    assert res.exit_code == 1 and "seed0.json nor" in " ".join(res.output.split())
+
+
+def test_seed_0_is_also_taken_from_the_single_run_results(tmp_path):
+    """`snakemake results/<d>/<v>.json` evaluates seed 0 (trained into <v>/seed0/) as results/<d>/<v>.json."""
+    _seed_run(tmp_path, variant="cl4srec-orig")
+    folder = tmp_path / "results" / "beauty"
+    (folder / "cl4srec-orig" / "seed0.json").rename(folder / "cl4srec-orig.json")
+    res = _add(tmp_path, "cl4srec-orig", 0)
+    assert res.exit_code == 0, res.output
+    added = json.loads((tmp_path / "ref" / "beauty" / "cl4srec-orig.json").read_text())
+    assert added["metrics"]["test"]["HR@20"] == 0.1234
+    (folder / "cl4srec-orig.json").unlink()
+    res = _add(tmp_path, "cl4srec-orig", 0)
+    assert res.exit_code == 1 and "cl4srec-orig.json exists" in " ".join(res.output.split())

@@ -192,16 +192,24 @@ def _grid_figure(dataset: str, study: dict, results: Path, path: Path) -> None:
 def reference(
     dataset: str = typer.Argument(..., help="Dataset name."),
     variant: str = typer.Argument(..., help="Variant name."),
-    seed: int = typer.Option(0, help="The study seed run to add (results/<d>/<v>/seed<k>.json, models/<d>/<v>/seed<k>/)."),
+    seed: int = typer.Option(0, help="The study seed run to add (results/<d>/<v>/seed<k>.json, "
+                                     "models/<d>/<v>/seed<k>/; seed 0 also as the single run results/<d>/<v>.json)."),
     results: Path = ResultsOpt,
     models: Path = ModelsOpt,
     out: Path = typer.Option(Path("results/reference"), help="Reference root (committed to git)."),
 ) -> None:
     """Add a finished seed run to the committed reference runs (results JSON, log.jsonl, summary.json, RUNS.md)."""
+    from mclrec.errors import MclrecError
     from mclrec.report.reference import add_reference, reference_paths
 
     with _guard():
         checkpoint, results_file = seed_run_paths(dataset, variant, seed, results, models)
+        single = paths.result_file(dataset, variant, results)
+        if seed == 0 and not results_file.is_file():  # `snakemake results/<d>/<v>.json` trains seed 0 into seed0/
+            if not single.is_file():
+                raise MclrecError(f"neither {results_file} nor {single} exists: evaluate seed 0 of {dataset}/{variant} "
+                                  "first (snakemake results/<dataset>/<variant>.json)")
+            results_file = single
         dest = add_reference(dataset, variant, results_file, checkpoint.parent, out)
         run_folder = reference_paths(out / dataset, variant, seed)[1]
         err_console.print(f"{dest} (and {run_folder}/, {out / dataset / 'RUNS.md'})")
