@@ -121,10 +121,11 @@ def write_runs_table(folder: Path) -> None:
     """RUNS.md: how every reference run in `folder` was made, then mean ± sd over seeds where a variant has several."""
     rows = runs_rows(folder)
     lines = ["# Reference runs", "",
-             "Each was trained with `snakemake --cores 1 results/<dataset>/<variant>/seed<k>.json` (the study's seed "
-             "run: `mclrec train ... --seed <k>` then `mclrec evaluate --seed <k>`), with `num_threads: 1`, on the "
-             "machine below, and added with `mclrec report reference` (seed 0 as `<variant>.json` and `<variant>/`, "
-             "seed k > 0 as `<variant>/seed<k>.json` and `<variant>/seed<k>/`).", "",
+             "Each was trained by the workflow (`snakemake results/<dataset>/<variant>.json` for seed 0, "
+             "`results/<dataset>/<variant>/seed<k>.json` for seed k: `mclrec train ... --seed <k>`, then `mclrec "
+             "evaluate`) with the torch threads listed, on the CPU listed, and added with `mclrec report reference` "
+             "(seed 0 as `<variant>.json` and `<variant>/`, seed k > 0 as `<variant>/seed<k>.json` and "
+             "`<variant>/seed<k>/`).", "",
              "| variant | seed | epochs (best) | stopped | train hours | CPU | threads | torch | commit "
              "| test HR@10 | test HR@20 | test NDCG@10 | test NDCG@20 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
