@@ -83,7 +83,7 @@ def test_head_layout_gathers_what_the_permuted_slots_hold(n_heads):
     packing = pack(seq, lengths, (3, 6))
     layout = head_layout(packing, n_heads)
     head_size, T = 3, len(packing.tokens)
-    for parts, index, counts in ((3, layout.qkv, layout.qkv_counts), (2, layout.kv, layout.kv_counts)):
+    for parts, index, counts in ((3, layout.qkv, layout.counts(3)), (2, layout.kv, layout.counts(2))):
         product = torch.randn(T, parts * n_heads * head_size)
         padded = torch.cat([product, torch.zeros(1, product.shape[1])])
         gathered = padded.view(-1, head_size).index_select(0, index).split(counts)
@@ -108,4 +108,4 @@ def test_head_layout_by_hand():
     assert layout.qkv.view(3, 3, 2, 3)[2, 2, 0].tolist() == [6 * 4 + 4, 6 * 5 + 4, 6 * 6 + 4]  # row 2: tokens 4, 5
     # token 4 (row 2, slot 0): its heads' outputs are [row 2, head h, slot 0] = (2 x 2 + h) x 3 + 0
     assert layout.tokens.view(6, 2)[4].tolist() == [12, 15]
-    assert layout.qkv_counts == [3 * 2 * 9] and layout.kv_counts == [2 * 2 * 9]
+    assert layout.counts(3) == [3 * 2 * 9] and layout.counts(2) == [2 * 2 * 9]

@@ -119,8 +119,12 @@ class HeadLayout:
     qkv: Tensor
     kv: Tensor
     tokens: Tensor
-    qkv_counts: list[int]
-    kv_counts: list[int]
+    n_heads: int
+    slot_counts: list[int]
+
+    def counts(self, parts: int) -> list[int]:
+        """The gathered rows of each group for `parts` (3: qkv, 2: kv)."""
+        return [parts * self.n_heads * count for count in self.slot_counts]
 
 
 def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
@@ -139,9 +143,8 @@ def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
         token_rows.append((offset + (rows * n_heads + heads) * group.width + steps).reshape(-1, n_heads))
         offset += group.size * n_heads * group.width
     return HeadLayout(torch.cat(gathers[3]), torch.cat(gathers[2]),
-                      torch.cat(token_rows).index_select(0, packing.slot_of_token).reshape(-1),
-                      [3 * n_heads * count for count in packing.slot_counts],
-                      [2 * n_heads * count for count in packing.slot_counts])
+                      torch.cat(token_rows).index_select(0, packing.slot_of_token).reshape(-1), n_heads,
+                      packing.slot_counts)
 
 
 def _head_slots(x: Tensor, weight: Tensor, bias: Tensor, head_size: int, index: Tensor) -> Tensor:
@@ -160,7 +163,7 @@ def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing,
     bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
     slots = _head_slots(x, weight, bias, attn.head_size, layout.qkv)
     outputs = []
-    for group, rows in zip(packing.groups, slots.split(layout.qkv_counts)):  # split: one backward for all groups
+    for group, rows in zip(packing.groups, slots.split(layout.counts(3))):  # split: one backward for all groups
         q, k, v = rows.view(3, group.size, attn.n_heads, group.width, attn.head_size).unbind(0)
         outputs.append(_attend(attn, q, k, v, group.mask).view(-1, attn.head_size))
     return torch.cat(outputs).index_select(0, layout.tokens).view(len(x), -1)
@@ -174,7 +177,7 @@ def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing
     slots = _head_slots(x, weight, bias, attn.head_size, layout.kv)
     queries = attn.query(xq).index_select(0, packing.row_order).split([group.size for group in packing.groups])
     outputs = []
-    for group, rows, query in zip(packing.groups, slots.split(layout.kv_counts), queries):
+    for group, rows, query in zip(packing.groups, slots.split(layout.counts(2)), queries):
         k, v = rows.view(2, group.size, attn.n_heads, group.width, attn.head_size).unbind(0)
         q = query.view(group.size, attn.n_heads, 1, attn.head_size)
         outputs.append(_attend(attn, q, k, v, group.last_mask).reshape(group.size, -1))

@@ -27,9 +27,18 @@ def _guard():
 
 
 def seed_run_paths(dataset: str, variant: str, seed: int, results: Path, models: Path) -> tuple[Path, Path]:
-    """The checkpoint and the results JSON of seed `seed` of a study run."""
-    return (paths.run_dir(dataset, variant, seed, models) / paths.RUN_BEST,
-            paths.result_file(dataset, paths.seed_result(variant, seed), results))
+    """The checkpoint and the results JSON of seed `seed` of a study run. Seed 0 without a seed0.json is the single
+    run's results/<d>/<v>.json (`snakemake results/<d>/<v>.json` trains seed 0 into the same run folder)."""
+    from mclrec.errors import MclrecError
+
+    results_file = paths.result_file(dataset, paths.seed_result(variant, seed), results)
+    if seed == 0 and not results_file.is_file():
+        single = paths.result_file(dataset, variant, results)
+        if not single.is_file():
+            raise MclrecError(f"neither {results_file} nor {single} exists: evaluate seed 0 of {dataset}/{variant} "
+                              "first (snakemake results/<dataset>/<variant>.json)")
+        results_file = single
+    return paths.run_dir(dataset, variant, seed, models) / paths.RUN_BEST, results_file
 
 
 @report_app.command()
@@ -199,17 +208,10 @@ def reference(
     out: Path = typer.Option(Path("results/reference"), help="Reference root (committed to git)."),
 ) -> None:
     """Add a finished seed run to the committed reference runs (results JSON, log.jsonl, summary.json, RUNS.md)."""
-    from mclrec.errors import MclrecError
     from mclrec.report.reference import add_reference, reference_paths
 
     with _guard():
         checkpoint, results_file = seed_run_paths(dataset, variant, seed, results, models)
-        single = paths.result_file(dataset, variant, results)
-        if seed == 0 and not results_file.is_file():  # `snakemake results/<d>/<v>.json` trains seed 0 into seed0/
-            if not single.is_file():
-                raise MclrecError(f"neither {results_file} nor {single} exists: evaluate seed 0 of {dataset}/{variant} "
-                                  "first (snakemake results/<dataset>/<variant>.json)")
-            results_file = single
         dest = add_reference(dataset, variant, results_file, checkpoint.parent, out)
         run_folder = reference_paths(out / dataset, variant, seed)[1]
         err_console.print(f"{dest} (and {run_folder}/, {out / dataset / 'RUNS.md'})")
