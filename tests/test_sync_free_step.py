@@ -200,8 +200,8 @@ def test_a_nan_loss_on_the_sync_free_path_stops_training_at_the_next_read(tiny, 
     calls = itertools.count(1)
     info_nce = objectives.info_nce
 
-    def nan_from_batch_3(a, b, temperature=1.0):
-        loss = info_nce(a, b, temperature)
+    def nan_from_batch_3(a, b, temperature=1.0, **kwargs):
+        loss = info_nce(a, b, temperature, **kwargs)
         return loss * math.nan if next(calls) >= 3 else loss
 
     monkeypatch.setattr(objectives, "info_nce", nan_from_batch_3)

@@ -193,7 +193,7 @@ def test_finished_run_restores_a_deleted_best_checkpoint(tiny, run_cfg, tmp_path
 def test_non_finite_loss_stops_with_component_and_epoch(tiny, run_cfg, tmp_path, monkeypatch):
     train(run_cfg("cl4srec", max_epochs=1), tiny, tmp_path, progress=False)
     before = (tmp_path / "last.pt").read_bytes()
-    monkeypatch.setattr(objectives, "info_nce", lambda a, b, t=1.0: torch.tensor(float("nan")))
+    monkeypatch.setattr(objectives, "info_nce", lambda a, b, t=1.0, **_: torch.tensor(float("nan")))
     with pytest.raises(TrainingError, match=r"epoch 2: non-finite loss component 'cl1'.*last good checkpoint kept"):
         train(run_cfg("cl4srec", max_epochs=2), tiny, tmp_path, resume="must", progress=False)
     assert (tmp_path / "last.pt").read_bytes() == before

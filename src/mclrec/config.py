@@ -38,7 +38,8 @@ def load_yaml(text: str):
 
 
 # settings that turn every speed-up off (reference path)
-NAIVE_PATH = {"length_buckets": [], "batch_views": False, "packed_tokens": False, "dropout_draws": "uniform"}
+NAIVE_PATH = {"length_buckets": [], "batch_views": False, "packed_tokens": False, "dropout_draws": "uniform",
+              "fused_losses": False}
 
 
 @lru_cache(maxsize=1)

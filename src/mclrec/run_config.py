@@ -88,6 +88,7 @@ class RunConfig:
     compile: bool  # torch.compile the encoder's blocks (CUDA; ModelParts.compile)
     precision: str
     dropout_draws: str  # bytes or uniform: how the CPU draws dropout keep-masks (models/dropout.py)
+    fused_losses: bool  # the losses as single autograd nodes with closed-form gradients (models/fused_losses.py)
     # losses and augmentation
     loss: str
     lambda_cl1: float

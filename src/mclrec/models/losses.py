@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mclrec.models.fused_losses import cross_entropy, pair_losses
+
 
 @dataclass(frozen=True)
 class Rows:
@@ -54,13 +56,16 @@ def exclusion_offsets(excluded: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
     return zeros.masked_fill(itself, -torch.inf), zeros.masked_fill(excluded, -torch.inf)
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float = 1.0, rows: Rows | None = None) -> Tensor:
+def info_nce(a: Tensor, b: Tensor, temperature: float = 1.0, rows: Rows | None = None, fused: bool = False) -> Tensor:
     """L_con(a, b) (Eq. 8): cross-entropy of each row's positive against its 2B-2 negatives, mean over 2B rows.
 
     The softmax of row i runs over every column but i (its positive and negatives), so the loss is
     logsumexp over those columns minus the positive score. With `rows` (a and b hold the whole batch): the share of
-    those rows of a and of b, their terms summed and divided by 2B.
+    those rows of a and of b, their terms summed and divided by 2B. `fused` (one process only): the same loss as one
+    autograd node with its gradient in closed form (fused_losses.pair_losses).
     """
+    if fused and rows is None:
+        return pair_losses(a, b, temperature, with_margin=False)[0]
     if rows is not None:
         sim, pos, own, partner = row_pair_scores(a, b, rows, temperature)
         return row_nce(sim, pos, row_offsets(sim, own, partner)[0])
@@ -100,14 +105,18 @@ def nce_from_scores(sim: Tensor, pos: Tensor, self_offset: Tensor) -> Tensor:
 
 
 def cl2_and_reg(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor, with_reg: bool = True,
-                rows: Rows | None = None) -> tuple[Tensor, Tensor | None]:
+                rows: Rows | None = None, fused: bool = False) -> tuple[Tensor, Tensor | None]:
     """L_cl2 (Eq. 9) and, if asked, R summed over the same three pairs (h1, z2), (h2, z1), (z1, z2).
 
     Each pair's score matrix is computed once and shared by both losses; the exclusion offsets by all three pairs.
-    With `rows` (the tensors hold the whole batch): the share of those rows (see info_nce).
+    With `rows` (the tensors hold the whole batch): the share of those rows (see info_nce). `fused` (one process
+    only): each pair's two losses from one autograd node with closed-form gradients (fused_losses.pair_losses).
     """
     if rows is not None:
         return _row_cl2_and_reg(h1, h2, z1, z2, with_reg, rows)
+    if fused:
+        pairs = [pair_losses(a, b, with_margin=with_reg) for a, b in ((h1, z2), (h2, z1), (z1, z2))]
+        return sum(nce for nce, _ in pairs), (sum(reg for _, reg in pairs) if with_reg else None)
     pairs = [pair_scores(a, b) for a, b in ((h1, z2), (h2, z1), (z1, z2))]
     self_offset, excluded_offset = exclusion_offsets(pairs[0][2], pairs[0][0].dtype)
     cl2: Tensor | float = 0.0
@@ -184,14 +193,17 @@ LOGITS_BUDGET = 2**27  # logits held at once by L_rec (512 MiB of float32); larg
 
 
 def rec_ce_loss(h: Tensor, item_weights: Tensor, targets: Tensor, budget: int = LOGITS_BUDGET,
-                total: int | None = None) -> Tensor:
+                total: int | None = None, fused: bool = False) -> Tensor:
     """L_rec (Eq. 3): full-softmax cross-entropy of scores h @ item_weights^T, targets index rows of item_weights.
 
     When the [batch, items] logits would exceed `budget` values (catalogs of 10^5-10^6 items), they are computed
     chunk by chunk over the items, forward and backward (chunked_cross_entropy), never all at once.
     total: h holds a share of a batch of `total` rows; the rows' sum over `total` is returned (default: the mean).
+    fused: within the budget, one autograd node with the gradient in closed form (fused_losses.cross_entropy).
     """
     if h.shape[0] * item_weights.shape[0] <= budget:
+        if fused:
+            return cross_entropy(h, item_weights, targets, total)
         if total is not None:
             return F.cross_entropy(h @ item_weights.T, targets, reduction="sum") / total
         return F.cross_entropy(h @ item_weights.T, targets)

@@ -71,19 +71,19 @@ def _rec_loss(cfg: RunConfig, encoder: SASRecEncoder, h: Tensor, targets: Tensor
         if cfg.loss == "bpr":
             negatives = sample_negatives(targets, encoder.n_items, generator)
             return bpr_loss(h, encoder.item_weights(), targets, negatives)
-        return rec_ce_loss(h, encoder.item_weights(), targets)
+        return rec_ce_loss(h, encoder.item_weights(), targets, fused=cfg.fused_losses)
     rows = shard.rows
     if cfg.loss == "bpr":
         negatives = sample_negatives(targets, encoder.n_items, generator, rows)
         return bpr_loss(h, encoder.item_weights(), targets, negatives, total=rows.total)
-    return rec_ce_loss(h, encoder.item_weights(), targets, total=rows.total)
+    return rec_ce_loss(h, encoder.item_weights(), targets, total=rows.total, fused=cfg.fused_losses)
 
 
-def _contrast(a: Tensor, b: Tensor, temperature: float, shard: Shard | None) -> Tensor:
+def _contrast(cfg: RunConfig, a: Tensor, b: Tensor, shard: Shard | None) -> Tensor:
     """info_nce(a, b), or on a shard its share against the whole batch's rows."""
     if shard is None:
-        return info_nce(a, b, temperature)
-    return info_nce(*gather_rows(shard, a, b), temperature, shard.rows)
+        return info_nce(a, b, cfg.temperature, fused=cfg.fused_losses)
+    return info_nce(*gather_rows(shard, a, b), cfg.temperature, shard.rows)
 
 
 def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
@@ -145,7 +145,7 @@ def cl4srec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: tor
         return sasrec_loss(cfg, parts, batch, generator)
     h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
     rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator, batch.shard)
-    cl1 = _contrast(h1, h2, cfg.temperature, batch.shard)
+    cl1 = _contrast(cfg, h1, h2, batch.shard)
     return rec + cfg.lambda_cl1 * cl1, {"rec": rec, "cl1": cl1}
 
 
@@ -157,7 +157,7 @@ def duorec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
     inputs = (batch.seq, batch.lengths)
     h, h_drop, h_sem = encode_views(cfg, parts.encoder, inputs, inputs, batch.partner)
     rec = _rec_loss(cfg, parts.encoder, h, batch.targets, generator, batch.shard)
-    sem = _contrast(h_drop, h_sem, cfg.temperature, batch.shard)
+    sem = _contrast(cfg, h_drop, h_sem, batch.shard)
     return rec + cfg.lambda_sem * sem, {"rec": rec, "sem": sem}
 
 
@@ -177,7 +177,7 @@ def mclrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
     if batch.shard is not None:
         (h1, h2), rows = gather_rows(batch.shard, h1, h2), batch.shard.rows
     if cfg.lambda_cl1 > 0:
-        terms["cl1"] = info_nce(h1, h2, cfg.temperature, rows)
+        terms["cl1"] = info_nce(h1, h2, cfg.temperature, rows, fused=cfg.fused_losses)
         total = total + cfg.lambda_cl1 * terms["cl1"]
     aug_total, aug_terms = _augmented_terms(cfg, parts, h1, h2, rows)
     terms.update(aug_terms)
@@ -201,7 +201,7 @@ def _augmented_terms(cfg: RunConfig, parts: ModelParts, h1: Tensor, h2: Tensor,
     """L_cl2 (Eq. 9) plus gamma * R (Eq. 11-13, gamma = reg_weight) on z1 = w1(h1), z2 = w2(h2) (Eq. 5-7);
     `rows`: h1, h2 hold the whole batch and these rows' share is computed."""
     z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
-    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg.reg, rows=rows)
+    cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg.reg, rows=rows, fused=cfg.fused_losses)
     terms = {"cl2": cl2}
     total = cl2
     if reg is not None:
