@@ -53,7 +53,7 @@ def test_old_last_checkpoint_resumes_exactly(data, expected, tmp_path):
         old_cfg = {k: v for k, v in expected["cfg"].items() if k not in RETIRED_SETTINGS}
         cfg = {**old_cfg, "early_stopping": "official", "mask_item": "padding", "packed_tokens": False,
                "attention": "math", "compile": False, "precision": "fp32", "nproc": 1, "dropout_draws": "uniform",
-               "fused_losses": False, "max_epochs": 3}
+               "fused_losses": False, "adam": "foreach", "max_epochs": 3}
         with pytest.raises(TrainingError, match="settings differ from the checkpoint: early_stopping"):
             train(cfg, data, run, resume="must", progress=False)
         train({**cfg, "early_stopping": "exact"}, data, run, resume="must", progress=False)

@@ -54,9 +54,10 @@ def test_compare_settings_runs_both_settings_over_seeds(tmp_path, capsys):
     saved = json.loads((tmp_path / "cmp.json").read_text())
     assert [r["metric"] for r in saved["comparison"]] == list(module.METRICS)
     assert saved["settings"] == {"a": {"length_buckets": [], "batch_views": False, "packed_tokens": False,
-                                       "dropout_draws": "uniform", "fused_losses": False}, "b": {}}
-    assert ("- A: length_buckets=[] batch_views=false packed_tokens=false dropout_draws=\"uniform\" fused_losses=false;"
-            " B: params.yaml;") in out
+                                       "dropout_draws": "uniform", "fused_losses": False, "adam": "foreach"},
+                                 "b": {}}
+    assert ("- A: length_buckets=[] batch_views=false packed_tokens=false dropout_draws=\"uniform\" fused_losses=false"
+            " adam=\"foreach\"; B: params.yaml;") in out
 
 
 def test_compare_settings_refuses_data_processed_with_another_max_len(tiny_dir, tmp_path):

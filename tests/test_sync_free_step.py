@@ -260,7 +260,8 @@ def test_a_run_resumed_on_the_other_device_type_keeps_its_auto_settings(tiny, pa
 def test_fused_adam_on_cuda_parameters_and_the_kernel_survives_a_checkpoint(tiny, run_cfg):
     cfg = run_cfg("mclrec")
     parts = build_parts(cfg, tiny.n_items)
-    cpu = Optimisers(cfg, parts)  # parameters on the CPU: foreach
+    assert Optimisers(cfg, parts).encoder.defaults["fused"] is True  # the CPU's default kernel: adam fused
+    cpu = Optimisers(cfg.replace(adam="foreach"), parts)  # the CPU with adam foreach
     assert cpu.encoder.defaults["foreach"] is True and not cpu.encoder.defaults["fused"]
     fused = Optimisers(cfg, parts, fused=True)  # what CUDA parameters get
     assert fused.encoder.defaults["fused"] is True and fused.augmenter.defaults["fused"] is True

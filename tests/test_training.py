@@ -74,7 +74,7 @@ def test_foreach_adam_gives_the_per_parameter_loops_numbers(tiny, run_cfg):
     for foreach in (True, False):
         torch.manual_seed(0)
         parts = build_parts(cfg, tiny.n_items)
-        optimisers = Optimisers(cfg, parts)
+        optimisers = Optimisers(cfg.replace(adam="foreach"), parts)
         for opt in (optimisers.encoder, optimisers.augmenter):
             assert opt.defaults["foreach"] is True
             for group in opt.param_groups:

@@ -18,7 +18,7 @@ REQUIRED_KEYS = ("format_version", "config", "modules", "n_items", "epoch")
 # Settings added after checkpoints were first written, with the value that reproduces how those runs behaved.
 LEGACY_SETTINGS = {"early_stopping": "exact", "mask_item": "padding", "packed_tokens": False, "precision": "fp32",
                    "attention": "math", "compile": False, "nproc": 1, "dropout_draws": "uniform",
-                   "fused_losses": False}
+                   "fused_losses": False, "adam": "foreach"}
 # Settings older checkpoints stored that are no longer run settings (eval_ks moved to params.yaml `evaluate.ks`;
 # it never changed what was trained).
 RETIRED_SETTINGS = ("eval_ks",)

@@ -39,7 +39,7 @@ def load_yaml(text: str):
 
 # settings that turn every speed-up off (reference path)
 NAIVE_PATH = {"length_buckets": [], "batch_views": False, "packed_tokens": False, "dropout_draws": "uniform",
-              "fused_losses": False}
+              "fused_losses": False, "adam": "foreach"}
 
 
 @lru_cache(maxsize=1)

@@ -89,6 +89,7 @@ class RunConfig:
     precision: str
     dropout_draws: str  # bytes or uniform: how the CPU draws dropout keep-masks (models/dropout.py)
     fused_losses: bool  # the losses as single autograd nodes with closed-form gradients (models/fused_losses.py)
+    adam: str  # fused or foreach: Adam's kernel (training/trainer.Optimisers; CUDA always fused)
     # losses and augmentation
     loss: str
     lambda_cl1: float
