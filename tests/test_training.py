@@ -213,3 +213,32 @@ def test_early_stopping_uses_patience(tiny, run_cfg, tmp_path, monkeypatch):
 def test_eval_instances_cover_every_user(tiny):
     valid = eval_instances(tiny, "valid", torch.device("cpu"))
     assert len(valid) == tiny.n_users and int(valid.lengths.min()) >= 1
+
+
+class _KeepsNothing(dict):
+    """A Batch.packed that forgets what it is given: every encoder call packs its inputs itself."""
+
+    def __setitem__(self, key, value):
+        pass
+
+
+def test_mclrecs_step_3_reuses_step_1s_packed_inputs_with_the_same_numbers(tiny, run_cfg, monkeypatch):
+    cfg = run_cfg("mclrec", packed_tokens=True)  # dropout on: the same draws in the same order either way
+    made = []
+    pack_inputs = objectives.packed_inputs
+    monkeypatch.setattr(objectives, "packed_inputs", lambda *a: made.append(1) or pack_inputs(*a))
+    runs = []
+    for packed in ({}, _KeepsNothing()):
+        made.clear()
+        torch.manual_seed(0)
+        parts = build_parts(cfg, tiny.n_items)
+        optimisers = Optimisers(cfg, parts)
+        batch, generator = _one_batch(cfg, tiny, parts)
+        batch.packed = packed
+        terms = train_step(cfg, parts, optimisers, batch, generator)
+        runs.append((len(made), terms, [p.detach().clone() for m in parts.modules().values() for p in m.parameters()]))
+    (kept, kept_terms, kept_weights), (forgot, forgot_terms, forgot_weights) = runs
+    assert (kept, forgot) == (1, 2)  # L0's input and views, packed in step 1 and reused by step 3
+    assert kept_terms.keys() == forgot_terms.keys()
+    assert all(torch.equal(kept_terms[k], forgot_terms[k]) for k in kept_terms)
+    assert all(torch.equal(a, b) for a, b in zip(kept_weights, forgot_weights, strict=True))

@@ -196,16 +196,36 @@ def _block(layer: TransformerLayer, x: Tensor, packing: Packing, layout: HeadLay
     return layer.feed_forward(h)
 
 
-def encode_packed(encoder: SASRecEncoder, item_seq: Tensor, lengths: Tensor,
-                  length_buckets: Sequence[int] = ()) -> Tensor:
-    """h_n of each row of right-padded `item_seq` [B, L], as encoder(item_seq, lengths), [B, H]."""
+@dataclass(frozen=True)
+class PackedInputs:
+    """What encode_packed derives from the item ids and lengths alone (no weights): the packing and its head layout.
+    An encoder call on the same inputs can reuse it (MCLRec's step 3 encodes step 1's inputs again)."""
+
+    packing: Packing
+    layout: HeadLayout
+
+
+def packed_inputs(encoder: SASRecEncoder, item_seq: Tensor, lengths: Tensor,
+                  length_buckets: Sequence[int] = ()) -> PackedInputs:
+    """The PackedInputs of right-padded `item_seq` [B, L] with `lengths` [B] for `encoder`."""
     if item_seq.shape[1] > encoder.max_len:
         raise ValueError(f"sequence length {item_seq.shape[1]} exceeds max_len {encoder.max_len}")
     packing = pack(item_seq, lengths, length_buckets, encoder.item_embedding.weight.dtype)
+    return PackedInputs(packing, head_layout(packing, encoder.trm_encoder.layer[0].multi_head_attention.n_heads))
+
+
+def encode_packed(encoder: SASRecEncoder, item_seq: Tensor, lengths: Tensor,
+                  length_buckets: Sequence[int] = ()) -> Tensor:
+    """h_n of each row of right-padded `item_seq` [B, L], as encoder(item_seq, lengths), [B, H]."""
+    return encode_packed_inputs(encoder, packed_inputs(encoder, item_seq, lengths, length_buckets))
+
+
+def encode_packed_inputs(encoder: SASRecEncoder, inputs: PackedInputs) -> Tensor:
+    """encode_packed of the rows `inputs` were made from, [B, H]."""
+    packing, layout = inputs.packing, inputs.layout
     x = encoder.item_embedding(packing.tokens) + encoder.position_embedding(packing.positions)
     x = encoder.dropout(encoder.LayerNorm(x))
     blocks = encoder.trm_encoder.layer
-    layout = head_layout(packing, blocks[0].multi_head_attention.n_heads)
     for block in blocks[:-1]:
         x = _block(block, x, packing, layout, last_only=False)
     return _block(blocks[-1], x, packing, layout, last_only=True)

@@ -14,7 +14,7 @@ the contrastive terms see the whole batch's encodings, gathered with their gradi
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -24,7 +24,7 @@ from torch import Tensor
 from mclrec.models.augment import two_views
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode
-from mclrec.models.packed_encoding import encode_packed
+from mclrec.models.packed_encoding import PackedInputs, encode_packed, encode_packed_inputs, packed_inputs
 from mclrec.models.parts import ModelParts, build_parts, uses_augmenters  # noqa: F401 (build_parts: re-exported)
 from mclrec.run_config import RunConfig
 from mclrec.models.losses import Rows, bce_loss, bpr_loss, cl2_and_reg, info_nce, rec_ce_loss, sample_negatives
@@ -44,6 +44,9 @@ class Batch:
     negatives: Optional[Tensor] = None  # loss bce: one negative item per position, [B, L]
     shard: Shard | None = None  # these are one process's rows of a batch split over several processes
     positions: Tensor | None = None  # loss bce on a shard: the whole batch's count of target positions
+    # the PackedInputs of this batch's encoder calls (packed_tokens), made once per batch: MCLRec's step 3
+    # encodes step 1's inputs again; keyed by the views' tensors, which the batch holds (encode_views)
+    packed: dict[tuple[int, ...], PackedInputs] = field(default_factory=dict, repr=False, compare=False)
 
 
 def mask_id(cfg: RunConfig, n_items: int) -> int:
@@ -86,12 +89,14 @@ def _contrast(cfg: RunConfig, a: Tensor, b: Tensor, shard: Shard | None) -> Tens
     return info_nce(*gather_rows(shard, a, b), cfg.temperature, shard.rows)
 
 
-def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor]) -> list[Tensor]:
+def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, Tensor],
+                 packed: dict[tuple[int, ...], PackedInputs] | None = None) -> list[Tensor]:
     """Encode several (seq, lengths) batches; with `batch_views` in one call on their concatenation (right-padded).
 
     Rows never interact in the encoder, so one call gives each row the same function as separate calls; only the
     order in which dropout masks are drawn differs (masks are i.i.d., so the training process has the same law).
     Views without rows (a process that has none of a small last batch, training/distributed.py) encode to [0, H].
+    packed (Batch.packed): where the packed inputs of these views are kept, and found when they were made before.
     """
     if all(len(seq) == 0 for seq, _ in views):
         return [_no_rows(encoder) for _ in views]
@@ -101,10 +106,22 @@ def encode_views(cfg: RunConfig, encoder: SASRecEncoder, *views: tuple[Tensor, T
     with reduced_precision(cfg, encoder.item_embedding.weight.device):
         if not cfg.batch_views or len(views) == 1:
             return [read_out(encoder, seq, lengths, buckets).to(dtype) for seq, lengths in views]
-        width = max(seq.shape[1] for seq, _ in views)
-        seqs = [F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]
-        h = read_out(encoder, torch.cat(seqs), torch.cat([lengths for _, lengths in views]), buckets).to(dtype)
+        if cfg.packed_tokens and packed is not None:
+            key = tuple(id(t) for view in views for t in view)
+            inputs = packed.get(key)
+            if inputs is None:
+                inputs = packed[key] = packed_inputs(encoder, *_concatenated(views), buckets)
+            h = encode_packed_inputs(encoder, inputs).to(dtype)
+        else:
+            h = read_out(encoder, *_concatenated(views), buckets).to(dtype)
     return list(h.split([len(seq) for seq, _ in views]))
+
+
+def _concatenated(views: tuple[tuple[Tensor, Tensor], ...]) -> tuple[Tensor, Tensor]:
+    """The views' rows as one right-padded batch: (seq, lengths)."""
+    width = max(seq.shape[1] for seq, _ in views)
+    return (torch.cat([F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views]),
+            torch.cat([lengths for _, lengths in views]))
 
 
 def _no_rows(encoder: SASRecEncoder) -> Tensor:
@@ -170,7 +187,8 @@ def mclrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
     """
     if not uses_augmenters(cfg):
         return cl4srec_loss(cfg, parts, batch, generator)
-    h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2)
+    h, h1, h2 = encode_views(cfg, parts.encoder, (batch.seq, batch.lengths), batch.view1, batch.view2,
+                             packed=batch.packed)
     terms = {"rec": _rec_loss(cfg, parts.encoder, h, batch.targets, generator, batch.shard)}
     total = terms["rec"]
     rows = None
