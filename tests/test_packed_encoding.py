@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from mclrec.models.packed_encoding import encode_packed, head_layout, pack
+from mclrec.models.packed_encoding import RowIndex, encode_packed, head_layout, pack
 
 from .test_models_encoder import make_encoder, random_batch
 
@@ -83,7 +84,7 @@ def test_head_layout_gathers_what_the_permuted_slots_hold(n_heads):
     packing = pack(seq, lengths, (3, 6))
     layout = head_layout(packing, n_heads)
     head_size, T = 3, len(packing.tokens)
-    for parts, index, counts in ((3, layout.qkv, layout.counts(3)), (2, layout.kv, layout.counts(2))):
+    for parts, index, counts in ((3, layout.qkv.index, layout.counts(3)), (2, layout.kv.index, layout.counts(2))):
         product = torch.randn(T, parts * n_heads * head_size)
         padded = torch.cat([product, torch.zeros(1, product.shape[1])])
         gathered = padded.view(-1, head_size).index_select(0, index).split(counts)
@@ -103,9 +104,33 @@ def test_head_layout_by_hand():
     layout = head_layout(packing, 2)
     # kv (parts 2, 2 heads): row (token t, part p, head h) of the [7 x 4, head_size] view is 4 t + 2 p + h;
     # the order is part, row, head, slot: keys of row 0, head 0 read tokens 0, 1, 2 -> 0, 4, 8
-    assert layout.kv.view(2, 3, 2, 3)[0, 0, 0].tolist() == [0, 4, 8]
-    assert layout.kv.view(2, 3, 2, 3)[1, 1, 1].tolist() == [4 * 3 + 3, 4 * 6 + 3, 4 * 6 + 3]  # row 1: token 3
-    assert layout.qkv.view(3, 3, 2, 3)[2, 2, 0].tolist() == [6 * 4 + 4, 6 * 5 + 4, 6 * 6 + 4]  # row 2: tokens 4, 5
+    assert layout.kv.index.view(2, 3, 2, 3)[0, 0, 0].tolist() == [0, 4, 8]
+    assert layout.kv.index.view(2, 3, 2, 3)[1, 1, 1].tolist() == [4 * 3 + 3, 4 * 6 + 3, 4 * 6 + 3]  # row 1: token 3
+    # row 2: tokens 4, 5
+    assert layout.qkv.index.view(3, 3, 2, 3)[2, 2, 0].tolist() == [6 * 4 + 4, 6 * 5 + 4, 6 * 6 + 4]
     # token 4 (row 2, slot 0): its heads' outputs are [row 2, head h, slot 0] = (2 x 2 + h) x 3 + 0
     assert layout.tokens.view(6, 2)[4].tolist() == [12, 15]
+    # the backward's inverse: kv row 4 t + 2 p + h of token 3 (row 1's only item) went to slot row [p, 1, h, 0]
+    assert layout.kv.inverse[4 * 3 + 2 * 1 + 0].item() == ((1 * 3 + 1) * 2 + 0) * 3 + 0
+    assert (layout.kv.inverse[4 * 6:] == 0).all()  # the zero row: a constant, whose gradient is dropped
     assert layout.counts(3) == [3 * 2 * 9] and layout.counts(2) == [2 * 2 * 9]
+
+
+def test_row_index_of_by_hand():
+    rows = RowIndex.of(torch.tensor([2, 0, 4, 1, 4, 3]), sources=5, constant_from=4)
+    assert rows.inverse.tolist() == [1, 3, 0, 5, 0]  # row 4, a constant, is read twice
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_row_gathers_give_index_selects_gradients_bit_for_bit(n_heads):
+    seq, lengths = random_batch(11, batch=25)
+    packing = pack(seq, lengths, (3, 6))
+    layout = head_layout(packing, n_heads)
+    head_size, T = 3, len(packing.tokens)
+    for parts, rows in ((3, layout.qkv), (2, layout.kv)):
+        product = torch.randn(T, parts * n_heads * head_size, requires_grad=True)
+        source = F.pad(product, (0, 0, 0, 1)).view(-1, head_size)
+        weights = torch.randn(rows.index.numel(), head_size)
+        ours = torch.autograd.grad((rows.gather(source) * weights).sum(), product)[0]
+        plain = torch.autograd.grad((source.index_select(0, rows.index) * weights).sum(), product)[0]
+        assert torch.equal(ours, plain)

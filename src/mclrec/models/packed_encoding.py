@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import Function
 
 from mclrec.models.encoder import MASK_VALUE, MultiHeadAttention, SASRecEncoder, TransformerLayer, attend
 
@@ -106,6 +107,44 @@ def pack(item_seq: Tensor, lengths: Tensor, length_buckets: Sequence[int] = (), 
                    slot_of_token, order, row_position)
 
 
+class _RowGather(Function):
+    """x.index_select(0, index) where every row of x is read exactly once, or is a constant (padding's zero rows,
+    whose gradient F.pad drops): the backward gathers each row's one gradient row (`inverse`) instead of
+    scatter-adding into a zero-filled tensor. The same gradients, bit for bit, for every row but the constants."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+@dataclass(frozen=True)
+class RowIndex:
+    """A gather of rows (`index`) that reads every source row once, but the constants from row `constant_from` on,
+    and for its backward the result row each source row went to (`inverse`; 0 for the constants, whose gradient is
+    dropped)."""
+
+    index: Tensor
+    inverse: Tensor
+
+    @classmethod
+    def of(cls, index: Tensor, sources: int, constant_from: int) -> "RowIndex":
+        """The RowIndex of `index` into `sources` rows, of which rows from `constant_from` on are constants."""
+        inverse = torch.zeros(sources, dtype=index.dtype, device=index.device)
+        inverse[index] = torch.arange(len(index), dtype=index.dtype, device=index.device)
+        inverse[constant_from:] = 0
+        return cls(index, inverse)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """x.index_select(0, index), with the gathering backward of _RowGather."""
+        return _RowGather.apply(x, self.index, self.inverse)
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """Gather indexes that lay attention inputs out head-major, so attention needs no layout copies.
@@ -116,8 +155,8 @@ class HeadLayout:
     head_size]`, concatenated, are read back into token order `[T x heads, head_size]` by `tokens`.
     """
 
-    qkv: Tensor
-    kv: Tensor
+    qkv: RowIndex
+    kv: RowIndex
     tokens: Tensor
     n_heads: int
     slot_counts: list[int]
@@ -142,14 +181,16 @@ def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
         steps = torch.arange(group.width, device=device).view(1, group.width, 1)
         token_rows.append((offset + (rows * n_heads + heads) * group.width + steps).reshape(-1, n_heads))
         offset += group.size * n_heads * group.width
-    return HeadLayout(torch.cat(gathers[3]), torch.cat(gathers[2]),
-                      torch.cat(token_rows).index_select(0, packing.slot_of_token).reshape(-1), n_heads,
+    tokens = len(packing.slot_of_token)  # the product's rows from `tokens` on are its zero (padding) row
+    qkv, kv = (RowIndex.of(torch.cat(gathers[parts]), (tokens + 1) * parts * n_heads, tokens * parts * n_heads)
+               for parts in (3, 2))
+    return HeadLayout(qkv, kv, torch.cat(token_rows).index_select(0, packing.slot_of_token).reshape(-1), n_heads,
                       packing.slot_counts)
 
 
-def _head_slots(x: Tensor, weight: Tensor, bias: Tensor, head_size: int, index: Tensor) -> Tensor:
+def _head_slots(x: Tensor, weight: Tensor, bias: Tensor, head_size: int, rows: RowIndex) -> Tensor:
     """F.linear(x, weight, bias) [T, parts x hidden] gathered by a HeadLayout index as rows [*, head_size]."""
-    return F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)).view(-1, head_size).index_select(0, index)
+    return rows.gather(F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)).view(-1, head_size))
 
 
 def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
