@@ -56,6 +56,11 @@ def test_old_last_checkpoint_resumes_exactly(data, expected, tmp_path):
                "fused_losses": False, "adam": "foreach", "max_epochs": 3}
         with pytest.raises(TrainingError, match="settings differ from the checkpoint: early_stopping"):
             train(cfg, data, run, resume="must", progress=False)
+        # today's defaults for the settings added in session 11: the error says what the run was trained with
+        today = {**cfg, "early_stopping": "exact", "adam": "fused", "fused_losses": True}
+        with pytest.raises(TrainingError, match=r"settings differ from the checkpoint: adam, fused_losses \(it was "
+                                                r"trained with --set adam=\"foreach\" --set fused_losses=false\)"):
+            train(today, data, run, resume="must", progress=False)
         train({**cfg, "early_stopping": "exact"}, data, run, resume="must", progress=False)
     finally:
         torch.set_num_threads(threads)

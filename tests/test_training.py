@@ -175,7 +175,7 @@ def test_resume_gives_exactly_the_uninterrupted_run(tiny, run_cfg, tmp_path, var
 
 def test_resume_refuses_changed_settings_unless_asked_to_restart(tiny, run_cfg, tmp_path):
     train(run_cfg("sasrec", max_epochs=1), tiny, tmp_path, progress=False)
-    with pytest.raises(TrainingError, match="settings differ from the checkpoint: lr"):
+    with pytest.raises(TrainingError, match=r"settings differ from the checkpoint: lr \(it was trained with --set lr="):
         train(run_cfg("sasrec", max_epochs=2, lr=0.01), tiny, tmp_path, resume="must", progress=False)
     summary = train(run_cfg("sasrec", max_epochs=1, lr=0.01), tiny, tmp_path, resume="if-compatible", progress=False)
     assert summary["epochs_run"] == 1

@@ -339,7 +339,9 @@ def _settings_to_resume(path: Path, cfg: RunConfig, ckpt: dict[str, Any], device
     settings = cfg.to_dict()
     changed = sorted(k for k, v in settings.items() if k not in RESUME_FREE_KEYS and saved.get(k) != v)
     if changed:
-        raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)}")
+        recorded = " ".join(f"--set {k}={json.dumps(saved.get(k), separators=(',', ':'))}" for k in changed)
+        raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)} "
+                            f"(it was trained with {recorded})")
     return cfg
 
 
