@@ -110,7 +110,7 @@ class Group:
         positions = (batch.targets != 0).sum() if batch.targets.dim() == 2 else None  # loss bce: its mean's count
         return replace(batch, seq=cut(batch.seq), lengths=cut(batch.lengths), targets=cut(batch.targets),
                        view1=cut_pair(batch.view1), view2=cut_pair(batch.view2), partner=cut_pair(batch.partner),
-                       negatives=cut(batch.negatives), shard=shard, positions=positions)
+                       negatives=cut(batch.negatives), shard=shard, positions=positions, packed={})
 
     def all_objects(self, value: Any) -> list[Any]:
         """`value` of every process, in rank order (pickled; for small things: states, checksums)."""
