@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mclrec.models.packed_encoding import RowIndex, encode_packed, head_layout, pack
+from mclrec.models.packed_encoding import encode_packed, head_layout, pack
 
 from .test_models_encoder import make_encoder, random_batch
 
@@ -105,9 +105,10 @@ def test_head_layout_by_hand():
     # kv (parts 2, 2 heads): row (token t, part p, head h) of the [7 x 4, head_size] view is 4 t + 2 p + h;
     # the order is part, row, head, slot: keys of row 0, head 0 read tokens 0, 1, 2 -> 0, 4, 8
     assert layout.kv.index.view(2, 3, 2, 3)[0, 0, 0].tolist() == [0, 4, 8]
-    assert layout.kv.index.view(2, 3, 2, 3)[1, 1, 1].tolist() == [4 * 3 + 3, 4 * 6 + 3, 4 * 6 + 3]  # row 1: token 3
+    # row 1: token 3, then padded slots, which read the zero row's first head row (4 x 6)
+    assert layout.kv.index.view(2, 3, 2, 3)[1, 1, 1].tolist() == [4 * 3 + 3, 4 * 6, 4 * 6]
     # row 2: tokens 4, 5
-    assert layout.qkv.index.view(3, 3, 2, 3)[2, 2, 0].tolist() == [6 * 4 + 4, 6 * 5 + 4, 6 * 6 + 4]
+    assert layout.qkv.index.view(3, 3, 2, 3)[2, 2, 0].tolist() == [6 * 4 + 4, 6 * 5 + 4, 6 * 6]
     # token 4 (row 2, slot 0): its heads' outputs are [row 2, head h, slot 0] = (2 x 2 + h) x 3 + 0
     assert layout.tokens.view(6, 2)[4].tolist() == [12, 15]
     # the backward's inverse: kv row 4 t + 2 p + h of token 3 (row 1's only item) went to slot row [p, 1, h, 0]
@@ -116,9 +117,22 @@ def test_head_layout_by_hand():
     assert layout.counts(3) == [3 * 2 * 9] and layout.counts(2) == [2 * 2 * 9]
 
 
-def test_row_index_of_by_hand():
-    rows = RowIndex.of(torch.tensor([2, 0, 4, 1, 4, 3]), sources=5, constant_from=4)
-    assert rows.inverse.tolist() == [1, 3, 0, 5, 0]  # row 4, a constant, is read twice
+def test_packing_with_an_empty_bucket_and_masked_items_by_hand():
+    seq = torch.tensor([[5, 0, 7, 0], [8, 0, 0, 0], [1, 2, 3, 4], [9, 6, 0, 0]])
+    packing = pack(seq, torch.tensor([3, 1, 4, 2]), (1, 2, 3))  # bucket (1, 2] holds row 3; (2, 3] row 0
+    assert packing.row_order.tolist() == [1, 3, 0, 2]
+    assert [(group.size, group.width) for group in packing.groups] == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert packing.token_group.tolist() == [2, 2, 2, 0, 3, 3, 3, 3, 1, 1]
+    assert packing.slot_of_token.tolist() == [3, 4, 5, 0, 6, 7, 8, 9, 1, 2]
+    assert packing.token_of_slot.tolist() == [3, 8, 9, 0, 1, 2, 4, 5, 6, 7]
+    # row 0's masked item (position 1) is no key of any query, nor of its read-out
+    assert packing.groups[2].mask[0, 0].tolist() == [[0.0, -1e4, -1e4], [0.0, -1e4, -1e4], [0.0, -1e4, 0.0]]
+    assert packing.groups[2].last_mask.view(-1).tolist() == [0.0, -1e4, 0.0]
+    layout = head_layout(packing, 2)
+    for parts, rows in ((3, layout.qkv), (2, layout.kv)):  # the inverse undoes the gather for every real row
+        real = torch.arange(10 * parts * 2)  # the source rows of the 10 tokens (the zero row's follow)
+        assert torch.equal(rows.index[rows.inverse[real]], real)
+        assert (rows.inverse[len(real):] == 0).all()
 
 
 @pytest.mark.parametrize("n_heads", [1, 2])

@@ -46,8 +46,8 @@ class Packing:
 
     The groups' slots, concatenated group after group and row after row, are `slots` in all; `token_of_slot` [slots]
     is the packed index each slot reads (T, a zero row, for padding) and `slot_of_token` [T] the slot each real
-    token's result is read from. The groups' rows, concatenated, are the batch's rows in `row_order` [B]; row b's
-    read-out is at `row_position[b]` of that order.
+    token's result is read from; `token_group` [T] is the group of each real token's row. The groups' rows,
+    concatenated, are the batch's rows in `row_order` [B]; row b's read-out is at `row_position[b]` of that order.
     """
 
     tokens: Tensor  # [T] item id of each real token (row-major: row 0's positions, then row 1's, ...)
@@ -56,6 +56,7 @@ class Packing:
     groups: list[Group]
     token_of_slot: Tensor
     slot_of_token: Tensor
+    token_group: Tensor
     row_order: Tensor
     row_position: Tensor
 
@@ -70,41 +71,46 @@ def pack(item_seq: Tensor, lengths: Tensor, length_buckets: Sequence[int] = (), 
     """The packing of `item_seq` [B, L] (right-padded) with `lengths` [B]; rows grouped by `length_buckets`.
 
     Masked items (id 0 inside a row, the mask augmentation's padding id) are not keys, exactly as padding.
+    Every index is computed for the whole batch at once (a few dozen tensor operations, whatever the number of
+    rows); only the groups' attention masks, whose shapes differ, are made group by group.
     """
     B, L = item_seq.shape
     device = item_seq.device
     steps = torch.arange(L, device=device)
-    valid = steps[None, :] < lengths[:, None]
-    starts = torch.cumsum(lengths, 0) - lengths
-    n_tokens = lengths.sum()
-    index = torch.where(valid, starts[:, None] + steps[None, :], n_tokens)  # [B, L] packed index or T
+    beyond = steps[None, :] >= lengths[:, None]  # [B, L] padding
+    real = torch.nonzero(~beyond.view(-1)).squeeze(1)  # [T] the real tokens' places in item_seq, row-major
+    token_row, positions = real // L, real % L
     buckets = torch.tensor(sorted(length_buckets), device=device, dtype=lengths.dtype)
     bucket = torch.bucketize(lengths, buckets) if len(buckets) else torch.zeros_like(lengths)
     order = torch.argsort(bucket, stable=True)
+    row_position = torch.empty_like(order).index_copy_(0, order, torch.arange(B, device=device))
     n_groups = len(buckets) + 1
     counts = torch.bincount(bucket, minlength=n_groups)
     widths = torch.zeros(n_groups, dtype=lengths.dtype, device=device).scatter_reduce(0, bucket, lengths, "amax")
-    counts, widths = torch.stack([counts, widths]).tolist()  # the groups' shapes: one read of the host
-    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-    groups, token_of_slot, real_slots, offset = [], [], [], 0
-    for rows, width in zip(order.split(counts), widths):
-        if not rows.numel():
+    # row b is row `rank` of its group; its slots start after the earlier groups' slots and the earlier rows'
+    group_slots = counts * widths
+    rank = row_position - (torch.cumsum(counts, 0) - counts).index_select(0, bucket)
+    row_first_slot = ((torch.cumsum(group_slots, 0) - group_slots).index_select(0, bucket)
+                      + rank * widths.index_select(0, bucket))
+    slot_of_token = row_first_slot.index_select(0, token_row) + positions
+    token_group = (torch.cumsum(counts > 0, 0) - 1).index_select(0, bucket).index_select(0, token_row)  # of `groups`
+    shapes = torch.stack([counts, widths]).tolist()  # the groups' shapes: one read of the host
+    n_tokens, n_slots = len(real), sum(count * width for count, width in zip(*shapes))
+    token_of_slot = torch.full((n_slots,), n_tokens, dtype=real.dtype, device=device).index_copy_(
+        0, slot_of_token, torch.arange(n_tokens, device=device))
+    # a key is hidden from a query when it comes later, is padding or is a masked item (id 0)
+    hidden = (beyond | (item_seq == 0)).index_select(0, order)
+    later = torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+    groups, first = [], 0
+    for size, width in zip(*shapes):
+        if not size:
             continue
-        gather = index[rows, :width]
-        keys = (item_seq[rows, :width] != 0)[:, None, None, :]
-        allowed = causal[:width, :width][None, None] & keys
-        last_allowed = causal[lengths[rows] - 1, :width][:, None, None, :] & keys
-        groups.append(Group(len(rows), width, (1.0 - allowed.to(dtype)) * MASK_VALUE,
-                            (1.0 - last_allowed.to(dtype)) * MASK_VALUE))
-        token_of_slot.append(gather.reshape(-1))
-        real_slots.append(offset + torch.nonzero(valid[rows, :width].reshape(-1)).squeeze(1))
-        offset += len(rows) * width
-    token_of_slot = torch.cat(token_of_slot)
-    real_slots = torch.cat(real_slots)
-    slot_of_token = torch.empty_like(real_slots).index_copy_(0, token_of_slot[real_slots], real_slots)
-    row_position = torch.empty_like(order).index_copy_(0, order, torch.arange(B, device=device))
-    return Packing(item_seq[valid], steps.expand(B, L)[valid], starts + lengths - 1, groups, token_of_slot,
-                   slot_of_token, order, row_position)
+        keys = hidden[first:first + size, :width]
+        groups.append(Group(size, width, (later[:width, :width] | keys[:, None, None, :]).to(dtype) * MASK_VALUE,
+                            keys.to(dtype)[:, None, None, :] * MASK_VALUE))
+        first += size
+    return Packing(item_seq.reshape(-1).index_select(0, real), positions, torch.cumsum(lengths, 0) - 1, groups,
+                   token_of_slot, slot_of_token, token_group, order, row_position)
 
 
 class _RowGather(Function):
@@ -125,20 +131,12 @@ class _RowGather(Function):
 
 @dataclass(frozen=True)
 class RowIndex:
-    """A gather of rows (`index`) that reads every source row once, but the constants from row `constant_from` on,
-    and for its backward the result row each source row went to (`inverse`; 0 for the constants, whose gradient is
-    dropped)."""
+    """A gather of rows (`index`) that reads every source row once, but the constants (rows from some row on, read
+    any number of times), and for its backward the result row each source row went to (`inverse`; 0 for the
+    constants, whose gradient is dropped)."""
 
     index: Tensor
     inverse: Tensor
-
-    @classmethod
-    def of(cls, index: Tensor, sources: int, constant_from: int) -> "RowIndex":
-        """The RowIndex of `index` into `sources` rows, of which rows from `constant_from` on are constants."""
-        inverse = torch.zeros(sources, dtype=index.dtype, device=index.device)
-        inverse[index] = torch.arange(len(index), dtype=index.dtype, device=index.device)
-        inverse[constant_from:] = 0
-        return cls(index, inverse)
 
     def gather(self, x: Tensor) -> Tensor:
         """x.index_select(0, index), with the gathering backward of _RowGather."""
@@ -151,8 +149,9 @@ class HeadLayout:
 
     A product's output [T, parts x hidden] with one zero row appended, viewed as rows of one head's slice
     `[(T + 1) x parts x heads, head_size]`, is read by `qkv` (parts 3) or `kv` (parts 2) as each group's
-    `[parts, size, heads, width, head_size]` in turn, contiguous; the groups' outputs `[size, heads, width,
-    head_size]`, concatenated, are read back into token order `[T x heads, head_size]` by `tokens`.
+    `[parts, size, heads, width, head_size]` in turn, contiguous (padded slots read the zero row's first head
+    row); the groups' outputs `[size, heads, width, head_size]`, concatenated, are read back into token order
+    `[T x heads, head_size]` by `tokens`.
     """
 
     qkv: RowIndex
@@ -167,25 +166,38 @@ class HeadLayout:
 
 
 def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
-    """The HeadLayout of `packing` for attention with `n_heads` heads."""
-    device = packing.token_of_slot.device
-    heads = torch.arange(n_heads, device=device)
-    gathers: dict[int, list[Tensor]] = {3: [], 2: []}
-    token_rows, offset = [], 0
-    for group, tokens in zip(packing.groups, packing.token_of_slot.split(packing.slot_counts)):
-        tokens = tokens.view(1, group.size, 1, group.width)
-        for parts, index in gathers.items():
-            part = torch.arange(parts, device=device).view(parts, 1, 1, 1)
-            index.append((tokens * (parts * n_heads) + part * n_heads + heads.view(1, 1, n_heads, 1)).reshape(-1))
-        rows = torch.arange(group.size, device=device).view(group.size, 1, 1)
-        steps = torch.arange(group.width, device=device).view(1, group.width, 1)
-        token_rows.append((offset + (rows * n_heads + heads) * group.width + steps).reshape(-1, n_heads))
-        offset += group.size * n_heads * group.width
-    tokens = len(packing.slot_of_token)  # the product's rows from `tokens` on are its zero (padding) row
-    qkv, kv = (RowIndex.of(torch.cat(gathers[parts]), (tokens + 1) * parts * n_heads, tokens * parts * n_heads)
-               for parts in (3, 2))
-    return HeadLayout(qkv, kv, torch.cat(token_rows).index_select(0, packing.slot_of_token).reshape(-1), n_heads,
-                      packing.slot_counts)
+    """The HeadLayout of `packing` for attention with `n_heads` heads.
+
+    Token t at slot s (position `step` in its row) of a group of `width` slots per row, `slots` in all, the first
+    at `first`, is row r = (s - first - step) / width of its group. In the group's gathered block `[parts, size,
+    heads, width]`, which starts at parts x heads x first, its (part p, head h) row is p x heads x slots +
+    (r x heads + h) x width + step, that is
+
+        heads x s - (heads - 1) x step + h x width + (parts - 1) x heads x first + p x heads x slots,
+
+    and in the outputs `[size, heads, width]` (parts 1) the same without the last two terms. So every index is a
+    few operations on [T] tensors; the gathers' indexes are these positions inverted (one index_copy_ each).
+    """
+    device = packing.slot_of_token.device
+    dtype = packing.slot_of_token.dtype
+    group_slots = torch.tensor(packing.slot_counts, dtype=dtype, device=device)
+    group_width = torch.tensor([group.width for group in packing.groups], dtype=dtype, device=device)
+    width, slots, first = (values.index_select(0, packing.token_group) for values in
+                           (group_width, group_slots, torch.cumsum(group_slots, 0) - group_slots))
+    heads = torch.arange(n_heads, dtype=dtype, device=device)
+    token_heads = ((n_heads * packing.slot_of_token - (n_heads - 1) * packing.positions)[:, None]
+                   + width[:, None] * heads)  # [T, heads]: where token t's head h output is
+    n_tokens, n_slots = len(packing.slot_of_token), int(group_slots.sum())
+
+    def rows(parts: int) -> RowIndex:
+        part = torch.arange(parts, dtype=dtype, device=device)[:, None] * n_heads
+        inverse = ((token_heads + ((parts - 1) * n_heads) * first[:, None])[:, None, :]
+                   + part * slots[:, None, None]).reshape(-1)  # [T x parts x heads]: source row -> gathered row
+        index = torch.full((parts * n_heads * n_slots,), parts * n_heads * n_tokens, dtype=dtype,
+                           device=device).index_copy_(0, inverse, torch.arange(len(inverse), device=device))
+        return RowIndex(index, torch.cat([inverse, inverse.new_zeros(parts * n_heads)]))
+
+    return HeadLayout(rows(3), rows(2), token_heads.reshape(-1), n_heads, packing.slot_counts)
 
 
 def _head_slots(x: Tensor, weight: Tensor, bias: Tensor, head_size: int, rows: RowIndex) -> Tensor:
