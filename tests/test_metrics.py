@@ -20,6 +20,21 @@ def test_ranks_count_strictly_higher_scores():
     ])
     targets = torch.tensor([1, 4, 2, 3])
     assert target_ranks(scores, targets).tolist() == [0, 2, 0, 1]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):  # bfloat16 counts the plain way: not exact as floats
+        ranks = target_ranks(scores.to(dtype), targets, overwrite=True)
+        assert ranks.dtype == torch.int64 and ranks.tolist() == [0, 2, 0, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_overwriting_ranks_equal_the_plain_count(dtype):
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(-20, 20, (64, 700), generator=g).to(dtype)  # many ties, which favour the target
+    scores[0, 5] = float("nan")  # a NaN score beats no target
+    scores[1, :] = float("inf")
+    targets = torch.randint(1, 701, (64,), generator=g)
+    plain = target_ranks(scores, targets)
+    assert torch.equal(target_ranks(scores.clone(), targets, overwrite=True), plain)
+    assert plain[1] == 0 and plain.max() > 300
 
 
 def test_metrics_from_hand_computed_ranks():

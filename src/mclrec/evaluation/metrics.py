@@ -7,12 +7,21 @@ import torch
 from torch import Tensor
 
 
-def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
+EXACT_FLOAT_COUNT = {torch.float32: 2**24, torch.float64: 2**53}  # every count below this is a float exactly
+
+
+def target_ranks(scores: Tensor, targets: Tensor, overwrite: bool = False) -> Tensor:
     """Rank of each target among all items: the number of items scoring strictly higher (ties favour the target).
 
     scores [B, N] has column j for item j+1; targets [B] are item ids 1..N. Seen items are not masked.
+    overwrite: `scores` may be overwritten (a caller's scores made for this count only): each score becomes 1.0
+    where it beats its target's, else 0.0, and a float sum counts them, exact below EXACT_FLOAT_COUNT items. That
+    skips the boolean comparison tensor and its widening to int64, which cost the CPU evaluation 3x the time of
+    the comparison itself.
     """
     target_scores = scores.gather(1, (targets - 1)[:, None])
+    if overwrite and scores.shape[1] < EXACT_FLOAT_COUNT.get(scores.dtype, 0):
+        return scores.gt_(target_scores).sum(dim=1).long()
     return (scores > target_scores).sum(dim=1)
 
 

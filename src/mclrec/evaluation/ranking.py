@@ -43,7 +43,7 @@ def rank_all(encoder: SASRecEncoder, instances: Instances, batch_size: int, leng
     for index in torch.arange(len(instances), device=instances.seq.device).split(rows):
         seq, lengths, targets = instances.rows(index)
         h = encode(encoder, seq, lengths, length_buckets)
-        ranks += [target_ranks(encoder.full_scores(h_block), targets_block)
+        ranks += [target_ranks(encoder.full_scores(h_block), targets_block, overwrite=True)
                   for h_block, targets_block in zip(h.split(block), targets.split(block))]
     encoder.train(was_training)
     return torch.cat(ranks).cpu()
