@@ -210,14 +210,23 @@ def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Ten
     return attend(q, k, v, mask, attn.attn_dropout, attn.attention)
 
 
+def _group_inputs(attn: MultiHeadAttention, slots: Tensor, packing: Packing, layout: HeadLayout,
+                  parts: int) -> list[tuple[Tensor, ...]]:
+    """Each group's `parts` attention inputs (queries, keys, values or keys, values), [size, heads, width,
+    head_size] each, as views of one split of the gathered `slots`: its backward is one concatenation of their
+    gradients (a split per group and an unbind per part would copy every gradient twice)."""
+    pieces = slots.split([count // parts for count in layout.counts(parts) for _ in range(parts)])
+    return [tuple(piece.view(group.size, attn.n_heads, group.width, attn.head_size)
+                  for piece in pieces[parts * g: parts * (g + 1)]) for g, group in enumerate(packing.groups)]
+
+
 def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing, layout: HeadLayout) -> Tensor:
     """The attention context of every real token, [T, H]: queries, keys and values from one product."""
     weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight])
     bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
     slots = _head_slots(x, weight, bias, attn.head_size, layout.qkv)
     outputs = []
-    for group, rows in zip(packing.groups, slots.split(layout.counts(3))):  # split: one backward for all groups
-        q, k, v = rows.view(3, group.size, attn.n_heads, group.width, attn.head_size).unbind(0)
+    for group, (q, k, v) in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 3)):
         outputs.append(_attend(attn, q, k, v, group.mask).view(-1, attn.head_size))
     return torch.cat(outputs).index_select(0, layout.tokens).view(len(x), -1)
 
@@ -230,8 +239,7 @@ def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing
     slots = _head_slots(x, weight, bias, attn.head_size, layout.kv)
     queries = attn.query(xq).index_select(0, packing.row_order).split([group.size for group in packing.groups])
     outputs = []
-    for group, rows, query in zip(packing.groups, slots.split(layout.counts(2)), queries):
-        k, v = rows.view(2, group.size, attn.n_heads, group.width, attn.head_size).unbind(0)
+    for group, (k, v), query in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 2), queries):
         q = query.view(group.size, attn.n_heads, 1, attn.head_size)
         outputs.append(_attend(attn, q, k, v, group.last_mask).reshape(group.size, -1))
     return torch.cat(outputs).index_select(0, packing.row_position)
