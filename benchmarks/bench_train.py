@@ -45,8 +45,9 @@ from mclrec.run_config import RunConfig
 from mclrec.data.instances import eval_instances
 from mclrec.training.feed import TrainingFeed
 from mclrec.device import resolve_device
+from mclrec.models.losses import rec_ce_loss
 from mclrec.models.parts import build_parts
-from mclrec.training.trainer import Optimisers, train_step
+from mclrec.training.trainer import Optimisers, schedule_of, train_step
 
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what decides fp32/bf16 matmul speed
@@ -143,6 +144,52 @@ class VariantRun:
         return counter.get_total_flops() / batches
 
 
+def rec_losses_per_batch(cfg: RunConfig) -> int:
+    """L_rec (Eq. 3, full softmax) evaluations per training batch: two in MCLRec's meta schedule (steps 1 and 3),
+    one in every other schedule; none with the bpr or bce losses."""
+    if cfg.loss != "ce":
+        return 0
+    return 2 if schedule_of(cfg) == "meta" else 1
+
+
+def bench_rec_loss(cfg: RunConfig, n_items: int, device: torch.device, repeats: int = 20) -> dict[str, float]:
+    """L_rec alone at one batch's shape ([batch, hidden] read-outs against the n_items + 1 item rows), forward and
+    backward with the step's own code (losses.rec_ce_loss, the run's fused_losses), on random inputs: the median
+    seconds of `repeats` after three untimed, and its matrix-product FLOPs (FlopCounterMode)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    weights = (0.02 * torch.randn(n_items + 1, cfg.hidden_size, generator=gen, device=device)).requires_grad_()
+    h = torch.randn(cfg.batch_size, cfg.hidden_size, generator=gen, device=device).requires_grad_()
+    targets = torch.randint(1, n_items + 1, (cfg.batch_size,), generator=gen, device=device)
+
+    def once() -> None:
+        rec_ce_loss(h, weights, targets, fused=cfg.fused_losses).backward()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        once()
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        once()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "gflop": counter.get_total_flops() / 1e9}
+
+
+def split_rec_loss(row: dict[str, Any], cfg: RunConfig, rec: dict[str, float], peak: float) -> dict[str, Any]:
+    """A variant's step split into its L_rec evaluations (timed alone, bench_rec_loss) and the rest (encoder,
+    contrastive losses, augmenters, optimiser updates, packing): the rest's FLOPs, seconds and share of peak."""
+    calls = rec_losses_per_batch(cfg)
+    rest_gflop = row["gflop_per_batch"] - calls * rec["gflop"]
+    rest_s = row["batch_s"] - calls * rec["seconds"]
+    return {"rec_calls": calls, "rec_gflop_share": calls * rec["gflop"] / row["gflop_per_batch"],
+            "rest_gflop": rest_gflop, "rest_s": rest_s,
+            "rest_share_of_peak": rest_gflop / rest_s / peak if rest_s > 0 else None}
+
+
 def bench_eval(run: VariantRun, data: ProcessedData, repeats: int = 3, score_blocks: list[int] | None = None
                ) -> dict[str, Any]:
     """rank_all over every test user, `repeats` times after an untimed warm-up; seconds = the median.
@@ -204,6 +251,17 @@ def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dic
               f"| {r['gflop_per_batch']:.2f} | {r['gflops']:.1f} | {100 * r['share_of_peak']:.1f}% "
               f"| {r['floor_epoch_s']:.1f} |" + (f" {r['gpu_peak_mib']:.0f} |" if r.get("gpu_peak_mib") else "")
               for r in rows]
+    rec = summary.get("rec_loss")
+    if rec:
+        lines += ["", f"L_rec alone (forward and backward, timed apart): {1e3 * rec['seconds']:.1f} ms, "
+                      f"{rec['gflop']:.2f} GFLOP, {100 * rec['share_of_peak']:.1f}% of fp32 peak. Without its "
+                      "evaluations, the rest of each step (encoder, contrastive terms, updates):", "",
+                  "| variant | L_rec per batch | L_rec share of GFLOP | rest GFLOP/batch | rest s/batch "
+                  "| rest share of fp32 peak |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} (rest) | {r['rec_calls']} | {100 * r['rec_gflop_share']:.1f}% "
+                  f"| {r['rest_gflop']:.2f} | {r['rest_s']:.4f} | "
+                  + (f"{100 * r['rest_share_of_peak']:.1f}% |" if r["rest_share_of_peak"] is not None else "n/a |")
+                  for r in rows if "rec_calls" in r]
     lines.append("")
     ratio = summary.get("mclrec_sasrec_epoch_ratio")
     lines.append(f"mclrec/sasrec epoch ratio: {ratio:.2f}" if ratio else "mclrec/sasrec epoch ratio: n/a")
@@ -302,6 +360,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
                      "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views,
                      "packed_tokens": run.cfg.packed_tokens, "gpu_peak_mib": run.peak_memory_mib()})
+    first_ce = next((run.cfg for run in runs.values() if run.cfg.loss == "ce"), None)
+    rec = bench_rec_loss(first_ce, data.n_items, device) if first_ce else None
+    if rec:
+        for row, run in zip(rows, runs.values()):
+            row.update(split_rec_loss(row, run.cfg, rec, peak))
     evaluation = None if args.no_eval else bench_eval(runs.get("sasrec") or next(iter(runs.values())), data,
                                                       args.eval_repeats, args.score_blocks)
     by_name = {r["variant"]: r for r in rows}
@@ -319,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "batches_timed": args.batches, "peak_rss_mib": round(summary["peak_rss_mib"])}
     if args.profile in runs:  # after all timings, so the profiler's cost does not leak into them
         print(f"profile of {args.profile} (top ops by self time):\n{profile_variant(runs[args.profile], 3)}\n")
+    if rec:
+        summary["rec_loss"] = {**rec, "share_of_peak": rec["gflop"] / rec["seconds"] / peak}
     print(render(header, rows, evaluation, summary))
     out = {"header": header, "variants": rows, "eval": evaluation, "summary": summary}
     if args.json:

@@ -62,6 +62,15 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     assert saved["summary"]["mclrec_sasrec_epoch_ratio"] == pytest.approx(
         result["variants"][3]["epoch_s"] / result["variants"][0]["epoch_s"])
     assert saved["eval"]["users"] > 0 and saved["eval"]["seconds"] > 0 and len(saved["eval"]["each"]) == 2
+    # each step split into its L_rec evaluations (timed apart) and the rest
+    rec = saved["summary"]["rec_loss"]
+    assert rec["gflop"] == pytest.approx(3 * 2 * 32 * 64 * (saved["eval"]["items"] + 1) / 1e9)
+    calls = {row["variant"]: row["rec_calls"] for row in saved["variants"]}
+    assert [calls[v] for v in VARIANTS] == [1, 1, 1, 2, 1, 1]  # the meta schedule evaluates L0 twice per batch
+    for row in saved["variants"]:
+        assert row["rest_gflop"] == pytest.approx(row["gflop_per_batch"] - row["rec_calls"] * rec["gflop"])
+        assert row["rec_gflop_share"] == pytest.approx(row["rec_calls"] * rec["gflop"] / row["gflop_per_batch"])
+    assert sum(line.startswith("| mclrec (rest) | 2 | ") for line in lines) == 1
     assert set(saved["eval"]["score_blocks"]) == {"2097152", "1000"}
 
 
