@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-from mclrec.models.encoder import MASK_VALUE, MultiHeadAttention, SASRecEncoder, TransformerLayer, attend
+from mclrec.models.encoder import MASK_VALUE, MultiHeadAttention, SASRecEncoder, TransformerLayer, attend, uses_sdpa
+from mclrec.models.grouped_attention import GroupShape, fused_backward_applies, grouped_attention
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,12 @@ def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Ten
     return attend(q, k, v, mask, attn.attn_dropout, attn.attention)
 
 
+def _one_node(attn: MultiHeadAttention, x: Tensor) -> bool:
+    """Whether the groups' attention runs as one autograd node (grouped_attention: the math kernel, with dropout
+    masks it can draw); else group by group through autograd (the sdpa kernel, or dropout on CUDA)."""
+    return not uses_sdpa(attn.attention, x) and fused_backward_applies(attn.attn_dropout, x)
+
+
 def _group_inputs(attn: MultiHeadAttention, slots: Tensor, packing: Packing, layout: HeadLayout,
                   parts: int) -> list[tuple[Tensor, ...]]:
     """Each group's `parts` attention inputs (queries, keys, values or keys, values), [size, heads, width,
@@ -225,10 +232,13 @@ def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing,
     weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight])
     bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
     slots = _head_slots(x, weight, bias, attn.head_size, layout.qkv)
-    outputs = []
-    for group, (q, k, v) in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 3)):
-        outputs.append(_attend(attn, q, k, v, group.mask).view(-1, attn.head_size))
-    return torch.cat(outputs).index_select(0, layout.tokens).view(len(x), -1)
+    if _one_node(attn, x):
+        shapes = [GroupShape(group.size, group.width, group.width, group.mask) for group in packing.groups]
+        outputs = grouped_attention(slots, None, shapes, attn.n_heads, attn.attn_dropout)
+    else:
+        outputs = torch.cat([_attend(attn, q, k, v, group.mask).view(-1, attn.head_size) for group, (q, k, v)
+                             in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 3))])
+    return outputs.index_select(0, layout.tokens).view(len(x), -1)
 
 
 def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing: Packing,
@@ -237,12 +247,19 @@ def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing
     weight = torch.cat([attn.key.weight, attn.value.weight])
     bias = torch.cat([attn.key.bias, attn.value.bias])
     slots = _head_slots(x, weight, bias, attn.head_size, layout.kv)
-    queries = attn.query(xq).index_select(0, packing.row_order).split([group.size for group in packing.groups])
-    outputs = []
-    for group, (k, v), query in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 2), queries):
-        q = query.view(group.size, attn.n_heads, 1, attn.head_size)
-        outputs.append(_attend(attn, q, k, v, group.last_mask).reshape(group.size, -1))
-    return torch.cat(outputs).index_select(0, packing.row_position)
+    queries = attn.query(xq).index_select(0, packing.row_order)
+    if _one_node(attn, x):
+        shapes = [GroupShape(group.size, group.width, 1, group.last_mask) for group in packing.groups]
+        outputs = grouped_attention(slots, queries.view(-1, attn.head_size), shapes, attn.n_heads,
+                                    attn.attn_dropout).view(len(xq), -1)
+    else:
+        outputs = []
+        for group, (k, v), query in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 2),
+                                        queries.split([group.size for group in packing.groups])):
+            q = query.view(group.size, attn.n_heads, 1, attn.head_size)
+            outputs.append(_attend(attn, q, k, v, group.last_mask).reshape(group.size, -1))
+        outputs = torch.cat(outputs)
+    return outputs.index_select(0, packing.row_position)
 
 
 def _block(layer: TransformerLayer, x: Tensor, packing: Packing, layout: HeadLayout, last_only: bool) -> Tensor:
