@@ -11,7 +11,10 @@ the variants so that other load on a shared machine hits them all alike. Seconds
 batches per epoch. FLOPs per batch: torch.utils.flop_counter.FlopCounterMode around real steps (every matrix
 product, forward and backward), averaged over `--flop-batches` batches. The share of peak is the achieved FLOP
 rate over this machine's float32 matrix-multiply rate (the fastest of ten 2048^3 products, measured at the start
-and end); the floor is the epoch time at that rate. Evaluation times `rank_all` over every test user once.
+and end); the floor is the epoch time at that rate. A shared or virtual machine's speed drifts by 10% within
+minutes, so every round of the timing also times one such product, and the share of the in-run rate divides by
+the median of those: the rate under the same conditions as the steps. Evaluation times `rank_all` over every test
+user once.
 `--naive` turns the exact speed-ups off (params.NAIVE_PATH) for every variant. `--compare KEY=VALUE` (repeatable)
 also times every variant with those settings added, as rows `<variant> [KEY=VALUE]`, in the same round-robin, so
 two settings are compared on the same machine in one run; `--also 'KEY=VALUE ...'` (repeatable) adds one more
@@ -245,10 +248,11 @@ def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dic
     lines = [f"- {key}: {value}" for key, value in header.items()]
     gpu = any(r.get("gpu_peak_mib") for r in rows)  # CUDA: each variant's own peak memory (counters reset per variant)
     lines += ["", "| variant | s/batch | batches/epoch | s/epoch | GFLOP/batch | GFLOP/s | share of fp32 peak "
-              "| floor s/epoch |" + (" GPU peak MiB |" if gpu else ""),
-              "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
+              "| share of in-run rate | floor s/epoch |" + (" GPU peak MiB |" if gpu else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
     lines += [f"| {r['variant']} | {r['batch_s']:.4f} | {r['batches_per_epoch']} | {r['epoch_s']:.1f} "
               f"| {r['gflop_per_batch']:.2f} | {r['gflops']:.1f} | {100 * r['share_of_peak']:.1f}% "
+              f"| {100 * r['share_of_in_run_rate']:.1f}% "
               f"| {r['floor_epoch_s']:.1f} |" + (f" {r['gpu_peak_mib']:.0f} |" if r.get("gpu_peak_mib") else "")
               for r in rows]
     rec = summary.get("rec_loss")
@@ -347,10 +351,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in range(args.warmup):
             run.step()
     times: dict[str, list[float]] = {name: [] for name in runs}
+    round_rates = []  # the matmul rate in every round, under the load the round's steps saw
     for _ in range(args.batches):
         for name, run in runs.items():
             times[name].append(run.step())
+        round_rates.append(matmul_gflops(device, args.matmul_size, repeats=1))
     peak = max(peak, matmul_gflops(device, args.matmul_size))
+    in_run = statistics.median(round_rates)
     rows = []
     for name, run in runs.items():
         batch_s, flops = statistics.median(times[name]), run.flops(args.flop_batches)
@@ -358,6 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"variant": name, "batch_s": batch_s, "batches_per_epoch": per_epoch, "epoch_s": batch_s * per_epoch,
                      "gflop_per_batch": flops / 1e9, "gflops": flops / batch_s / 1e9,
                      "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
+                     "share_of_in_run_rate": flops / batch_s / 1e9 / in_run,
                      "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views,
                      "packed_tokens": run.cfg.packed_tokens, "gpu_peak_mib": run.peak_memory_mib()})
     first_ce = next((run.cfg for run in runs.values() if run.cfg.loss == "ce"), None)
@@ -377,7 +385,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if also:
         summary["speedup_also"] = {set_label: {v: by_name[v]["epoch_s"] / by_name[f"{v} [{set_label}]"]["epoch_s"]
                                                for v in args.variants} for set_label in also}
-    header = {**machine(device), "fp32_matmul_gflops": round(peak, 1), "dataset": args.dataset,
+    header = {**machine(device), "fp32_matmul_gflops": round(peak, 1),
+              "fp32_matmul_gflops_in_run": f"{in_run:.1f} (median of one product per round; "
+                                           f"{min(round_rates):.1f}-{max(round_rates):.1f})", "dataset": args.dataset,
               "batch_size": first.batch_size, "path": "naive (speed-ups off)" if args.naive else "params.yaml",
               "batches_timed": args.batches, "peak_rss_mib": round(summary["peak_rss_mib"])}
     if args.profile in runs:  # after all timings, so the profiler's cost does not leak into them

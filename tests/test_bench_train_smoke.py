@@ -59,6 +59,8 @@ def test_bench_train_smoke(tiny_processed, tmp_path, capsys, naive):
     for row in saved["variants"]:
         assert row["batch_s"] > 0 and row["epoch_s"] == pytest.approx(row["batch_s"] * row["batches_per_epoch"])
         assert row["share_of_peak"] == pytest.approx(row["gflops"] / saved["header"]["fp32_matmul_gflops"], rel=0.01)
+        in_run = float(saved["header"]["fp32_matmul_gflops_in_run"].split()[0])
+        assert row["share_of_in_run_rate"] == pytest.approx(row["gflops"] / in_run, rel=0.01)
     assert saved["summary"]["mclrec_sasrec_epoch_ratio"] == pytest.approx(
         result["variants"][3]["epoch_s"] / result["variants"][0]["epoch_s"])
     assert saved["eval"]["users"] > 0 and saved["eval"]["seconds"] > 0 and len(saved["eval"]["each"]) == 2
