@@ -7,8 +7,9 @@ attention, which mixes positions of one row, is grouped by length. Per block, on
 and values of every token together; one gather lays them out head-major as the groups' padded slots (`[parts,
 rows, heads, width, head_size]`, padded slots reading a zero row; HeadLayout), so the attention products read
 contiguous inputs and no per-head layout copy is made in either direction; each group is scored with RecBole's
-additive mask (-10000, so a query whose keys are all masked gets finite weights instead of NaN), and one gather
-brings the real slots' outputs back into token order. As in encode_last, the final block computes queries,
+additive mask (-10000, so a query whose keys are all masked gets finite weights instead of NaN), all groups in
+one autograd node whose backward fills one gradient tensor (grouped_attention.py), and one gather brings the real
+slots' outputs back into token order. As in encode_last, the final block computes queries,
 attention and feed-forward for the read-out position only.
 
 With dropout 0 the result is SASRecEncoder.forward's up to float rounding (tests/test_packed_encoding.py); with
