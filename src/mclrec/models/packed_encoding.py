@@ -189,7 +189,7 @@ def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
     heads = torch.arange(n_heads, dtype=dtype, device=device)
     token_heads = ((n_heads * packing.slot_of_token - (n_heads - 1) * packing.positions)[:, None]
                    + width[:, None] * heads)  # [T, heads]: where token t's head h output is
-    n_tokens, n_slots = len(packing.slot_of_token), int(group_slots.sum())
+    n_tokens, n_slots = len(packing.slot_of_token), sum(packing.slot_counts)
 
     def rows(parts: int) -> RowIndex:
         part = torch.arange(parts, dtype=dtype, device=device)[:, None] * n_heads
@@ -214,8 +214,10 @@ def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Ten
 
 def _one_node(attn: MultiHeadAttention, x: Tensor) -> bool:
     """Whether the groups' attention runs as one autograd node (grouped_attention: the math kernel, with dropout
-    masks it can draw); else group by group through autograd (the sdpa kernel, or dropout on CUDA)."""
-    return not uses_sdpa(attn.attention, x) and fused_backward_applies(attn.attn_dropout, x)
+    masks it can draw); else group by group through autograd (the sdpa kernel, dropout on CUDA, or autocast, which
+    casts the products' inputs where the node's `out=` products would not)."""
+    return (not uses_sdpa(attn.attention, x) and fused_backward_applies(attn.attn_dropout, x)
+            and not torch.is_autocast_enabled(x.device.type))
 
 
 def _group_inputs(attn: MultiHeadAttention, slots: Tensor, packing: Packing, layout: HeadLayout,
