@@ -8,7 +8,7 @@ import torch
 
 import mclrec.models.packed_encoding as packed_encoding
 from mclrec.models.dropout import Dropout
-from mclrec.models.grouped_attention import fused_backward_applies
+from mclrec.models.grouped_attention import can_draw_dropout
 from mclrec.models.packed_encoding import encode_packed
 
 from .test_models_encoder import make_encoder, random_batch
@@ -54,8 +54,8 @@ def test_one_node_without_dropout_and_without_gradients(monkeypatch):
 
 def test_which_dropouts_the_node_can_draw():
     x = torch.zeros(2)
-    assert fused_backward_applies(Dropout(0.5), x)
-    assert fused_backward_applies(Dropout(0.5).eval(), x) and fused_backward_applies(Dropout(0.0), x)
-    assert not fused_backward_applies(Dropout(1.0), x)  # nn.Dropout's zeros, no keep-mask
-    assert not fused_backward_applies(torch.nn.Dropout(0.5), x)  # its masks cannot be kept
-    assert fused_backward_applies(torch.nn.Dropout(0.5).eval(), x)
+    assert can_draw_dropout(Dropout(0.5), x)
+    assert can_draw_dropout(Dropout(0.5).eval(), x) and can_draw_dropout(Dropout(0.0), x)
+    assert not can_draw_dropout(Dropout(1.0), x)  # nn.Dropout's zeros, no keep-mask
+    assert not can_draw_dropout(torch.nn.Dropout(0.5), x)  # its masks cannot be kept
+    assert can_draw_dropout(torch.nn.Dropout(0.5).eval(), x)

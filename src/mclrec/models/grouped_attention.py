@@ -38,7 +38,7 @@ class GroupShape:
     mask: Tensor
 
 
-def fused_backward_applies(dropout: Dropout, x: Tensor) -> bool:
+def can_draw_dropout(dropout: Dropout, x: Tensor) -> bool:
     """Whether grouped_attention can draw `dropout`'s masks itself: off, or a CPU Dropout with 0 < p < 1 (where
     Dropout.forward multiplies by cpu_keep_mask; elsewhere nn.Dropout draws masks that cannot be kept)."""
     if not dropout.training or dropout.p == 0.0:
@@ -53,7 +53,7 @@ def grouped_attention(slots: Tensor, queries: Optional[Tensor], groups: Sequence
 
     slots [rows, head_size]: group after group, the group's parts [parts, size, heads, width] (parts 3: queries,
     keys, values; 2: keys and values, the queries then being `queries` [sum of size x heads, head_size], group after
-    group). The caller checks fused_backward_applies(dropout, slots).
+    group). The caller checks can_draw_dropout(dropout, slots).
     """
     p = dropout.p if dropout.training else 0.0
     return _GroupedAttention.apply(slots, queries, tuple(groups), n_heads, p, getattr(dropout, "draws", "bytes"))

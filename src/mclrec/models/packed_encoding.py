@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from mclrec.models.encoder import MASK_VALUE, MultiHeadAttention, SASRecEncoder, TransformerLayer, attend, uses_sdpa
-from mclrec.models.grouped_attention import GroupShape, fused_backward_applies, grouped_attention
+from mclrec.models.grouped_attention import GroupShape, can_draw_dropout, grouped_attention
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def _one_node(attn: MultiHeadAttention, x: Tensor) -> bool:
     """Whether the groups' attention runs as one autograd node (grouped_attention: the math kernel, with dropout
     masks it can draw); else group by group through autograd (the sdpa kernel, dropout on CUDA, or autocast, which
     casts the products' inputs where the node's `out=` products would not)."""
-    return (not uses_sdpa(attn.attention, x) and fused_backward_applies(attn.attn_dropout, x)
+    return (not uses_sdpa(attn.attention, x) and can_draw_dropout(attn.attn_dropout, x)
             and not torch.is_autocast_enabled(x.device.type))
 
 
