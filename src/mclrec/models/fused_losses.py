@@ -15,14 +15,17 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from mclrec.models.cpu_products import times_transposed
+
 
 class _CrossEntropy(Function):
     """sum_b [logsumexp_j (h_b . w_j) - h_b . w_{t_b}] / divisor; the saved softmax is d loss / d logits up to the
-    targets' -1, so the backward needs no log-softmax pass and no zero-filled one-hot gradient."""
+    targets' -1, so the backward needs no log-softmax pass and no zero-filled one-hot gradient. The logits h W^T and
+    the input gradient G W are oneDNN's products on x86 CPUs (cpu_products.times_transposed)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weights: Tensor, targets: Tensor, divisor: int) -> Tensor:
-        logits = h @ weights.T
+        logits = times_transposed(h, weights)
         target_logits = logits.gather(1, targets[:, None])
         maxes = logits.amax(dim=1, keepdim=True)
         exps = logits.sub_(maxes).exp_()  # in place: the logits are not needed once exponentiated
@@ -41,7 +44,7 @@ class _CrossEntropy(Function):
         # through the graph then finds its saved tensor modified and raises, as autograd does for in-place ops)
         grad_logits = exps.mul_(scale / sums)
         grad_logits.scatter_add_(1, targets[:, None], (-scale).expand(len(targets), 1))
-        grad_h = grad_logits @ weights if ctx.needs_input_grad[0] else None
+        grad_h = times_transposed(grad_logits, weights.T) if ctx.needs_input_grad[0] else None
         grad_w = grad_logits.T @ h if ctx.needs_input_grad[1] else None
         return grad_h, grad_w, None, None
 

@@ -1,0 +1,40 @@
+"""a @ b^T through oneDNN's float32 inner product on x86 CPUs, where it beats MKL's GEMM at L_rec's shapes.
+
+L_rec's logits h W^T ([256, 64] x [64, 12,102] on Beauty) and its input gradient G W ([256, 12,102] x [12,102, 64])
+are a long, thin product each. PyTorch's CPU `mm` runs them with MKL's sgemm; oneDNN (which PyTorch's x86 wheels
+carry) runs the same products 1.1-1.3x faster on an AVX2 EPYC, the same numbers to float rounding (the logits came
+out bit for bit equal at that shape; docs/performance.md). PyTorch reaches oneDNN's float32 inner product only
+through `torch.ops.mkldnn._linear_pointwise`, the kernel its compiler emits for linear layers; `times_transposed`
+calls it where it exists and falls back to `a @ b.T` everywhere else (other dtypes, other devices, builds without
+it, tensors that need autograd). The weight-gradient product G^T h stays on MKL, which is faster there.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+
+import torch
+from torch import Tensor
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's inner product for float32 on an x86 CPU."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):  # measured on x86 only
+        return False
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def uses_onednn(a: Tensor, b: Tensor) -> bool:
+    """Whether times_transposed(a, b) runs on oneDNN: float32 matrices on the CPU, no autograd through them."""
+    return (a.dim() == 2 and b.dim() == 2 and a.dtype == torch.float32 and b.dtype == torch.float32
+            and a.device.type == "cpu" and b.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)) and onednn_available())
+
+
+def times_transposed(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b.T, [m, k] x [n, k] -> [m, n]: oneDNN's inner product where uses_onednn(a, b), else torch's matmul."""
+    if uses_onednn(a, b):
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return a @ b.T

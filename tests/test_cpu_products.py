@@ -1,0 +1,67 @@
+"""times_transposed (oneDNN's float32 inner product on x86 CPUs) against torch's a @ b.T, and L_rec through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mclrec.models.cpu_products import onednn_available, times_transposed, uses_onednn
+from mclrec.models.fused_losses import cross_entropy
+
+# float32 products of 64- and 300-term dot products: a few ulps of the largest output
+F32 = dict(rtol=1e-5, atol=1e-5)
+
+
+def _matrices(m: int, n: int, k: int, dtype=torch.float32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=g, dtype=dtype), torch.randn(n, k, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("m, n, k", [(256, 1000, 64), (7, 3, 5), (0, 9, 4), (6, 0, 4)])
+def test_times_transposed_is_a_times_b_transposed(m, n, k):
+    a, b = _matrices(m, n, k)
+    out = times_transposed(a, b)
+    assert out.shape == (m, n) and out.dtype == torch.float32
+    torch.testing.assert_close(out, a @ b.T, **F32)
+
+
+def test_a_transposed_view_as_b_gives_the_product_with_b_itself():
+    """L_rec's input gradient G W is times_transposed(G, W.T): a strided view as the second operand."""
+    grad, w = _matrices(40, 16, 300)  # G [40, 300], and W^T as a [16, 300] view of W [300, 16]
+    w = w.T.contiguous()
+    torch.testing.assert_close(times_transposed(grad, w.T), grad @ w, **F32)
+
+
+def test_the_kernel_is_onednn_only_for_float32_cpu_tensors_without_autograd():
+    a, b = _matrices(8, 5, 4)
+    assert uses_onednn(a, b) == onednn_available()
+    assert not uses_onednn(a.double(), b.double())
+    assert not uses_onednn(a.requires_grad_(), b)
+    with torch.no_grad():
+        assert uses_onednn(a, b) == onednn_available()
+
+
+def test_other_dtypes_take_torchs_product_bit_for_bit():
+    a, b = _matrices(30, 20, 8, dtype=torch.float64)
+    assert torch.equal(times_transposed(a, b), a @ b.T)
+
+
+def test_repeated_products_are_bit_identical():
+    """Same inputs, same outputs: a run's numbers depend on its seed only."""
+    a, b = _matrices(256, 2000, 64, seed=3)
+    first = times_transposed(a, b)
+    assert all(torch.equal(first, times_transposed(a, b)) for _ in range(3))
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN inner product on x86")
+def test_float32_cross_entropy_through_onednn_matches_the_plain_formula():
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(64, 32, generator=g).requires_grad_()
+    w = (0.1 * torch.randn(3000, 32, generator=g)).requires_grad_()
+    targets = torch.randint(0, 3000, (64,), generator=g)
+    fused = cross_entropy(h, w, targets)
+    plain = F.cross_entropy(h @ w.T, targets)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(fused, (h, w)), torch.autograd.grad(plain, (h, w))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
