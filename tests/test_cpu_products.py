@@ -65,3 +65,15 @@ def test_float32_cross_entropy_through_onednn_matches_the_plain_formula():
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
     for a, b in zip(torch.autograd.grad(fused, (h, w)), torch.autograd.grad(plain, (h, w))):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_flop_counts_include_the_products_whichever_kernel_runs_them():
+    """bench_train's FLOP counts (FlopCounterMode) must see oneDNN's products as they see torch's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    a, b = _matrices(32, 50, 16)
+    grad = torch.randn(32, 50)
+    with FlopCounterMode(display=False) as counter:
+        times_transposed(a, b)
+        times_transposed(grad, b.T)
+    assert counter.get_total_flops() == 2 * (2 * 32 * 50 * 16)
