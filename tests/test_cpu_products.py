@@ -77,3 +77,18 @@ def test_flop_counts_include_the_products_whichever_kernel_runs_them():
         times_transposed(a, b)
         times_transposed(grad, b.T)
     assert counter.get_total_flops() == 2 * (2 * 32 * 50 * 16)
+
+
+def test_full_ranking_scores_are_the_read_outs_times_items_1_to_n():
+    """SASRecEncoder.full_scores (evaluation, recommend) goes through times_transposed without autograd; with it,
+    h @ W[1:n+1]^T, column j for item j + 1 (padding row 0 left out)."""
+    from mclrec.models.encoder import SASRecEncoder
+
+    encoder = SASRecEncoder(n_items=40, hidden_size=16, max_len=8)
+    h = torch.randn(6, 16)
+    items = encoder.item_embedding.weight[1:41]
+    with torch.no_grad():
+        assert uses_onednn(h, items) == onednn_available()
+        torch.testing.assert_close(encoder.full_scores(h), h @ items.T, **F32)
+    scores = encoder.full_scores(h)  # with autograd through the weights: torch's product, as before
+    assert scores.requires_grad and torch.equal(scores.detach(), (h @ items.T).detach())
