@@ -92,3 +92,24 @@ def test_full_ranking_scores_are_the_read_outs_times_items_1_to_n():
         torch.testing.assert_close(encoder.full_scores(h), h @ items.T, **F32)
     scores = encoder.full_scores(h)  # with autograd through the weights: torch's product, as before
     assert scores.requires_grad and torch.equal(scores.detach(), (h @ items.T).detach())
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN inner product on x86")
+@pytest.mark.parametrize("broken", ["raises", "wrong numbers"])
+def test_a_build_whose_operator_misbehaves_keeps_torchs_product(broken, monkeypatch):
+    """The operator is private: if a PyTorch release changes it, products fall back instead of failing or lying."""
+    def operator(a, b, *args):
+        if broken == "raises":
+            raise RuntimeError("unknown signature")
+        return a @ b.T + 1
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", operator)
+    onednn_available.cache_clear()
+    try:
+        assert not onednn_available()
+        a, b = _matrices(5, 4, 3)
+        assert torch.equal(times_transposed(a, b), a @ b.T)
+    finally:
+        monkeypatch.undo()
+        onednn_available.cache_clear()
+    assert onednn_available()

@@ -26,10 +26,19 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 @functools.cache
 def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN's inner product for float32 on an x86 CPU."""
+    """Whether this PyTorch build has oneDNN's inner product for float32 on an x86 CPU, and it works as used here
+    (a private operator: a build whose signature or result differs keeps torch's product)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):  # measured on x86 only
         return False
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    a = torch.arange(12, dtype=torch.float32).view(3, 4)  # small integers: every product is exact
+    b = torch.arange(8, dtype=torch.float32).view(2, 4)
+    try:
+        with torch.no_grad():
+            return bool(torch.equal(torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), a @ b.T))
+    except (RuntimeError, TypeError):
+        return False
 
 
 def uses_onednn(a: Tensor, b: Tensor) -> bool:
