@@ -113,3 +113,12 @@ def test_a_build_whose_operator_misbehaves_keeps_torchs_product(broken, monkeypa
         monkeypatch.undo()
         onednn_available.cache_clear()
     assert onednn_available()
+
+
+def test_strided_operands_give_the_same_product():
+    """Read-outs may arrive as views (a transposed or every-other-column operand); the product must not care."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(64, 300, generator=g).T  # [300, 64], column-major
+    b = torch.randn(500, 128, generator=g)[:, ::2]  # [500, 64], every other column
+    assert not a.is_contiguous() and not b.is_contiguous()
+    torch.testing.assert_close(times_transposed(a, b), a @ b.T, **F32)
