@@ -13,7 +13,10 @@ product, forward and backward), averaged over `--flop-batches` batches. The shar
 rate over this machine's float32 matrix-multiply rate (the fastest of ten 2048^3 products, measured at the start
 and end); the floor is the epoch time at that rate. A shared or virtual machine's speed drifts by 10% within
 minutes, so every round of the timing also times one such product, and the share of the in-run rate divides by
-the median of those: the rate under the same conditions as the steps. Evaluation times `rank_all` over every test
+the median of those: the rate under the same conditions as the steps. When a run uses `precision: bf16` the
+bfloat16 product rate is measured too (same way, at a smaller size where bfloat16 products are slow), FLOPs are
+counted by the products' dtype, and those rows' floor is their bfloat16 products at the bf16 rate plus the rest at
+fp32's; "share of bf16 peak" is that floor over the measured step. Evaluation times `rank_all` over every test
 user once.
 `--naive` turns the exact speed-ups off (params.NAIVE_PATH) for every variant. `--compare KEY=VALUE` (repeatable)
 also times every variant with those settings added, as rows `<variant> [KEY=VALUE]`, in the same round-robin, so
@@ -62,10 +65,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """float32 size x size products after one warm-up: the fastest of `repeats`, in GFLOP/s (the machine's peak)."""
+def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 10,
+                  dtype: torch.dtype = torch.float32) -> float:
+    """size x size products of `dtype` after one warm-up: the fastest of `repeats`, in GFLOP/s (the machine's peak
+    for that dtype; bfloat16 products are what `precision: bf16` runs the encoder's products as)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(size, size, generator=gen, device=device) for _ in range(2))
+    a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
@@ -75,6 +80,17 @@ def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> 
         sync(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times) / 1e9
+
+
+def affordable_size(device: torch.device, dtype: torch.dtype, largest: int, seconds: float = 0.5) -> int:
+    """The largest of largest, largest / 2, ... (at least 256) whose product of `dtype` takes about `seconds` at the
+    rate of a 256^3 one: bfloat16 products on a CPU without AVX512-BF16 or AMX run at ~1 GFLOP/s, where ten 2048^3
+    ones would take minutes."""
+    rate = matmul_gflops(device, 256, repeats=2, dtype=dtype) * 1e9
+    size = largest
+    while size > 256 and 2 * size**3 / rate > seconds:
+        size //= 2
+    return size
 
 
 def cpu_flags() -> list[str]:
@@ -138,13 +154,37 @@ class VariantRun:
             self.step()
         return (torch.cuda.max_memory_allocated(self.device) - held) / 2**20
 
-    def flops(self, batches: int) -> float:
-        """Mean matrix-product FLOPs of one train_step (forward and backward), counted by FlopCounterMode."""
-        counter = FlopCounterMode(display=False)
+    def flops_by_dtype(self, batches: int) -> dict[torch.dtype, float]:
+        """Mean matrix-product FLOPs of one train_step (forward and backward), counted by FlopCounterMode, by the
+        products' dtype (`precision: bf16`: the encoder's products are bfloat16, L_rec's and the scores float32)."""
+        counter = FlopsByDtype()
         with counter:
             for _ in range(batches):
                 train_step(self.cfg, self.parts, self.optimisers, self.next_batch(), self.generator)
-        return counter.get_total_flops() / batches
+        if not counter.by_dtype:  # a FlopCounterMode without the hook: every product counted as float32
+            return {torch.float32: counter.get_total_flops() / batches}
+        return {dtype: flops / batches for dtype, flops in counter.by_dtype.items()}
+
+    def flops(self, batches: int) -> float:
+        """Mean matrix-product FLOPs of one train_step (forward and backward), counted by FlopCounterMode."""
+        return sum(self.flops_by_dtype(batches).values())
+
+
+class FlopsByDtype(FlopCounterMode):
+    """FlopCounterMode that also sums each counted product's FLOPs by the dtype of its first matrix operand (what
+    autocast cast it to). It hooks FlopCounterMode._count_flops; a torch without that method counts only totals."""
+
+    def __init__(self):
+        super().__init__(display=False)
+        self.by_dtype: dict[torch.dtype, float] = {}
+
+    def _count_flops(self, func_packet, out, args, kwargs):
+        if func_packet in self.flop_registry:
+            operand = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2), None)
+            dtype = operand.dtype if operand is not None else torch.float32
+            flops = self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+            self.by_dtype[dtype] = self.by_dtype.get(dtype, 0) + flops
+        return super()._count_flops(func_packet, out, args, kwargs)
 
 
 def rec_losses_per_batch(cfg: RunConfig) -> int:
@@ -247,13 +287,20 @@ def render(header: dict, rows: list[dict], evaluation: dict | None, summary: dic
     """The Markdown report: machine, one row per variant, then the MCLRec/SASRec ratio and the evaluation time."""
     lines = [f"- {key}: {value}" for key, value in header.items()]
     gpu = any(r.get("gpu_peak_mib") for r in rows)  # CUDA: each variant's own peak memory (counters reset per variant)
+    bf16 = any(r.get("share_of_bf16_peak") is not None for r in rows)  # a row with `precision: bf16`
     lines += ["", "| variant | s/batch | batches/epoch | s/epoch | GFLOP/batch | GFLOP/s | share of fp32 peak "
-              "| share of in-run rate | floor s/epoch |" + (" GPU peak MiB |" if gpu else ""),
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
+              "| share of in-run rate |" + (" share of bf16 peak |" if bf16 else "") + " floor s/epoch |"
+              + (" GPU peak MiB |" if gpu else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if bf16 else "") + ("---|" if gpu else "")]
+
+    def bf16_cell(row: dict) -> str:
+        share = row.get("share_of_bf16_peak")
+        return "" if not bf16 else " - |" if share is None else f" {100 * share:.1f}% |"
+
     lines += [f"| {r['variant']} | {r['batch_s']:.4f} | {r['batches_per_epoch']} | {r['epoch_s']:.1f} "
               f"| {r['gflop_per_batch']:.2f} | {r['gflops']:.1f} | {100 * r['share_of_peak']:.1f}% "
-              f"| {100 * r['share_of_in_run_rate']:.1f}% "
-              f"| {r['floor_epoch_s']:.1f} |" + (f" {r['gpu_peak_mib']:.0f} |" if r.get("gpu_peak_mib") else "")
+              f"| {100 * r['share_of_in_run_rate']:.1f}% |" + bf16_cell(r)
+              + f" {r['floor_epoch_s']:.1f} |" + (f" {r['gpu_peak_mib']:.0f} |" if r.get("gpu_peak_mib") else "")
               for r in rows]
     rec = summary.get("rec_loss")
     if rec:
@@ -346,6 +393,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.data_dir}: max_len {data.max_len} differs from params.yaml's {first.max_len}")
 
     peak = matmul_gflops(device, args.matmul_size)
+    uses_bf16 = any(cfg.precision == "bf16" for cfg in cfgs.values())
+    bf16_size = affordable_size(device, torch.bfloat16, args.matmul_size) if uses_bf16 else None
+    bf16_peak = matmul_gflops(device, bf16_size, dtype=torch.bfloat16) if uses_bf16 else None
     runs = {name: VariantRun(cfg, data, device) for name, cfg in cfgs.items()}
     for run in runs.values():
         for _ in range(args.warmup):
@@ -357,15 +407,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             times[name].append(run.step())
         round_rates.append(matmul_gflops(device, args.matmul_size, repeats=1))
     peak = max(peak, matmul_gflops(device, args.matmul_size))
+    if uses_bf16:
+        bf16_peak = max(bf16_peak, matmul_gflops(device, bf16_size, dtype=torch.bfloat16))
     in_run = statistics.median(round_rates)
     rows = []
     for name, run in runs.items():
-        batch_s, flops = statistics.median(times[name]), run.flops(args.flop_batches)
+        by_dtype = run.flops_by_dtype(args.flop_batches)
+        batch_s, flops = statistics.median(times[name]), sum(by_dtype.values())
+        bf16_flops = by_dtype.get(torch.bfloat16, 0.0)
         per_epoch = run.feed.batches_per_epoch
-        rows.append({"variant": name, "batch_s": batch_s, "batches_per_epoch": per_epoch, "epoch_s": batch_s * per_epoch,
+        # bf16 rows: the time the products would take at the two rates (bfloat16 ones at the bf16 rate, the rest at
+        # fp32's), the floor that a share of it can be measured against
+        mixed_floor_s = bf16_flops / (bf16_peak * 1e9) + (flops - bf16_flops) / (peak * 1e9) if bf16_flops else None
+        rows.append({"variant": name, "batch_s": batch_s, "batches_per_epoch": per_epoch,
+                     "epoch_s": batch_s * per_epoch,
                      "gflop_per_batch": flops / 1e9, "gflops": flops / batch_s / 1e9,
-                     "share_of_peak": flops / batch_s / 1e9 / peak, "floor_epoch_s": flops * per_epoch / (peak * 1e9),
-                     "share_of_in_run_rate": flops / batch_s / 1e9 / in_run,
+                     "share_of_peak": flops / batch_s / 1e9 / peak,
+                     "floor_epoch_s": (mixed_floor_s or flops / (peak * 1e9)) * per_epoch,
+                     "share_of_in_run_rate": flops / batch_s / 1e9 / in_run, "precision": run.cfg.precision,
+                     "gflop_bf16_per_batch": bf16_flops / 1e9,
+                     "share_of_bf16_peak": mixed_floor_s / batch_s if mixed_floor_s else None,
                      "length_buckets": list(run.cfg.length_buckets), "batch_views": run.cfg.batch_views,
                      "packed_tokens": run.cfg.packed_tokens, "gpu_peak_mib": run.peak_memory_mib()})
     rec_times: dict[tuple, dict[str, float]] = {}  # L_rec alone, once per shape and loss kernel the variants use
@@ -390,7 +451,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                for v in args.variants} for set_label in also}
     header = {**machine(device), "fp32_matmul_gflops": round(peak, 1),
               "fp32_matmul_gflops_in_run": f"{in_run:.1f} (median of one product per round; "
-                                           f"{min(round_rates):.1f}-{max(round_rates):.1f})", "dataset": args.dataset,
+                                           f"{min(round_rates):.1f}-{max(round_rates):.1f})",
+              **({"bf16_matmul_gflops": round(bf16_peak, 1), "bf16_matmul_size": bf16_size} if uses_bf16 else {}),
+              "dataset": args.dataset,
               "batch_size": first.batch_size, "path": "naive (speed-ups off)" if args.naive else "params.yaml",
               "batches_timed": args.batches, "peak_rss_mib": round(summary["peak_rss_mib"])}
     if args.profile in runs:  # after all timings, so the profiler's cost does not leak into them

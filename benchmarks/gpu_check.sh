@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for one CUDA machine, run from the project root. Phases (all by default, or a list in PHASES):
 #   bench        per-variant step times, FLOP share and evaluation time on Beauty (bench_train.py)
+#   cpu          the machine's own CPU: sasrec and mclrec in fp32 against `precision: bf16` (AMX where the flags show
+#                amx_bf16), at 2 threads (the project's CPU) and at every core (CPU_THREADS), with both matmul rates
 #   buckets      sasrec and mclrec with and without length buckets (their host syncs: do they pay here?)
 #   kernels      attention math against sdpa, eager against compiled (compile=true), round-robin in one run
 #   syncs        host syncs per training batch, counted by torch.cuda.set_sync_debug_mode (count_syncs.py)
@@ -24,7 +26,8 @@ out="${OUT:-gpu-check}"
 dataset="${DATASET:-beauty}"
 device="${DEVICE:-cuda}"
 batches="${BATCHES:-30}"
-phases="${PHASES:-bench buckets kernels syncs determinism resume concurrency train}"
+phases="${PHASES:-bench cpu buckets kernels syncs determinism resume concurrency train}"
+cpu_threads="${CPU_THREADS:-2 $(nproc)}"
 concurrent="${CONCURRENT:-1 4 8}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -40,6 +43,16 @@ mclrec preprocess "$dataset"
 
 if has bench; then
     bench --json "$out/bench.json" | tee "$out/bench.md"
+fi
+if has cpu; then
+    : > "$out/cpu.md"
+    for threads in $cpu_threads; do
+        python3 benchmarks/bench_train.py --dataset "$dataset" --device cpu --threads "$threads" --batches "$batches" \
+            --warmup 5 --variants sasrec mclrec --compare precision=bf16 --no-eval --json "$out/cpu-$threads.json" \
+            | tee "$out/cpu-$threads.log"
+        { echo "#### CPU, $threads threads"; sed -n '/^- cpu/p;/matmul_/p;/^| variant/,$p' "$out/cpu-$threads.log"
+          echo; } >> "$out/cpu.md"
+    done
 fi
 if has buckets; then
     bench --variants sasrec mclrec --set 'length_buckets=[]' --compare 'length_buckets=[8,16,32]' --no-eval \

@@ -134,3 +134,77 @@ def test_bench_processes_names_the_training_that_failed(tiny_processed, tmp_path
     with pytest.raises(SystemExit, match=r"no-such-variant \[nproc=1 num_threads=1\] failed"):
         bench.main(["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
                     "--variants", "no-such-variant", "--arm", "nproc=1 num_threads=1"])
+
+
+def test_bench_train_reports_the_bf16_rate(tiny_processed, tmp_path, capsys):
+    """A `precision: bf16` row is also measured against the machine's bfloat16 product rate; fp32 rows are not."""
+    bench = load_benchmark("bench_train")
+    argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
+            "--batches", "1", "--warmup", "0", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
+            "--device", "cpu", "--matmul-size", "128", "--variants", "sasrec", "--compare", "precision=bf16",
+            "--no-eval"]
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    bf16_rate = result["header"]["bf16_matmul_gflops"]
+    assert bf16_rate > 0 and f"- bf16_matmul_gflops: {bf16_rate}" in out
+    assert result["header"]["bf16_matmul_size"] == 128  # never above --matmul-size
+    fp32_row, bf16_row = result["variants"]
+    assert (fp32_row["precision"], bf16_row["precision"]) == ("fp32", "bf16")
+    assert fp32_row["share_of_bf16_peak"] is None
+    # the encoder's products run in bfloat16, L_rec's in float32; the floor takes each at its own rate
+    assert fp32_row["gflop_bf16_per_batch"] == 0
+    assert 0 < bf16_row["gflop_bf16_per_batch"] < bf16_row["gflop_per_batch"]
+    assert bf16_row["gflop_per_batch"] == pytest.approx(fp32_row["gflop_per_batch"], rel=0.05)
+    fp32_rate = result["header"]["fp32_matmul_gflops"]
+    floor = (bf16_row["gflop_bf16_per_batch"] / bf16_rate
+             + (bf16_row["gflop_per_batch"] - bf16_row["gflop_bf16_per_batch"]) / fp32_rate)
+    assert bf16_row["share_of_bf16_peak"] == pytest.approx(floor / bf16_row["batch_s"], rel=0.05)  # rates rounded
+    assert bf16_row["floor_epoch_s"] == pytest.approx(floor * bf16_row["batches_per_epoch"], rel=0.05)
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("| variant | s/batch"))
+    cells = header.split("|")[1:-1]
+    column = [c.strip() for c in cells].index("share of bf16 peak")
+    fp32_cells = next(line for line in lines if line.startswith("| sasrec |")).split("|")[1:-1]
+    bf16_cells = next(line for line in lines if line.startswith("| sasrec [precision=bf16] |")).split("|")[1:-1]
+    assert len(fp32_cells) == len(bf16_cells) == len(cells)
+    assert fp32_cells[column].strip() == "-" and bf16_cells[column].strip().endswith("%")
+
+
+def test_bench_train_without_bf16_has_no_bf16_column(tiny_processed, capsys):
+    bench = load_benchmark("bench_train")
+    argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
+            "--batches", "1", "--warmup", "0", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
+            "--device", "cpu", "--matmul-size", "128", "--variants", "sasrec", "--no-eval"]
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert "bf16_matmul_gflops" not in result["header"]
+    assert "share of bf16 peak" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("gflops", "size"), [(1000.0, 2048), (20.0, 1024), (1.0, 512), (0.01, 256)])
+def test_the_bf16_rate_is_measured_at_an_affordable_size(monkeypatch, gflops, size):
+    """Slow bfloat16 products (no AVX512-BF16 or AMX) are timed at a size that takes about half a second."""
+    bench = load_benchmark("bench_train")
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *args, **kwargs: gflops)
+    assert bench.affordable_size(torch.device("cpu"), torch.bfloat16, 2048) == size
+
+
+def test_flops_are_counted_by_the_products_dtype():
+    """autocast's bfloat16 products count as bfloat16, the others as float32; the total is FlopCounterMode's."""
+    bench = load_benchmark("bench_train")
+    a, b = torch.randn(8, 4), torch.randn(4, 3)
+    product = 2 * 8 * 4 * 3
+    with bench.FlopsByDtype() as counter:
+        a @ b
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a @ b
+            torch.nn.functional.linear(a, b.T)
+    assert counter.by_dtype == {torch.float32: product, torch.bfloat16: 2 * product}
+    assert counter.get_total_flops() == 3 * product
