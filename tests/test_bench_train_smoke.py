@@ -136,18 +136,21 @@ def test_bench_processes_names_the_training_that_failed(tiny_processed, tmp_path
                     "--variants", "no-such-variant", "--arm", "nproc=1 num_threads=1"])
 
 
-def test_bench_train_reports_the_bf16_rate(tiny_processed, tmp_path, capsys):
-    """A `precision: bf16` row is also measured against the machine's bfloat16 product rate; fp32 rows are not."""
+def _one_sasrec_batch(tiny_processed: Path, *extra: str) -> dict:
+    """bench_train.main on one timed SASRec batch of the tiny dataset, one thread, no evaluation."""
     bench = load_benchmark("bench_train")
     argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
             "--batches", "1", "--warmup", "0", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
-            "--device", "cpu", "--matmul-size", "128", "--variants", "sasrec", "--compare", "precision=bf16",
-            "--no-eval"]
+            "--device", "cpu", "--matmul-size", "128", "--variants", "sasrec", "--no-eval", *extra]
     threads = torch.get_num_threads()
     try:
-        result = bench.main(argv)
+        return bench.main(argv)
     finally:
         torch.set_num_threads(threads)
+
+def test_bench_train_reports_the_bf16_rate(tiny_processed, tmp_path, capsys):
+    """A `precision: bf16` row is also measured against the machine's bfloat16 product rate; fp32 rows are not."""
+    result = _one_sasrec_batch(tiny_processed, "--compare", "precision=bf16")
     out = capsys.readouterr().out
     bf16_rate = result["header"]["bf16_matmul_gflops"]
     assert bf16_rate > 0 and f"- bf16_matmul_gflops: {bf16_rate}" in out
@@ -175,15 +178,7 @@ def test_bench_train_reports_the_bf16_rate(tiny_processed, tmp_path, capsys):
 
 
 def test_bench_train_without_bf16_has_no_bf16_column(tiny_processed, capsys):
-    bench = load_benchmark("bench_train")
-    argv = ["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
-            "--batches", "1", "--warmup", "0", "--flop-batches", "1", "--batch-size", "32", "--threads", "1",
-            "--device", "cpu", "--matmul-size", "128", "--variants", "sasrec", "--no-eval"]
-    threads = torch.get_num_threads()
-    try:
-        result = bench.main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    result = _one_sasrec_batch(tiny_processed)
     assert "bf16_matmul_gflops" not in result["header"]
     assert "share of bf16 peak" not in capsys.readouterr().out
 
