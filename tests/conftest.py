@@ -13,6 +13,8 @@ from mclrec.data.preprocess import preprocess
 from mclrec.data.processed import load_processed
 from mclrec.data.synth import generate_synthetic
 
+from .xdist_groups import pytest_collection_modifyitems  # noqa: F401 (a hook: pytest finds it here)
+
 
 def _share_threads() -> None:
     """Under pytest-xdist, give each worker its share of the cores (OpenMP threads, inherited by subprocesses).

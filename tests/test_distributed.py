@@ -169,7 +169,9 @@ def over_two(params_file, tiny_dir, tmp_path_factory) -> Path:
     return root
 
 
+# The tests that read over_two run on one xdist worker, so the 2-process launch behind it runs once, not per worker.
 @pytest.mark.slow
+@pytest.mark.xdist_group("over_two")
 @pytest.mark.parametrize("variant", sorted(EXACT_RUNS))
 def test_two_processes_train_like_one_process_on_the_whole_batch(variant, params_file, tiny, over_two, tmp_path):
     train(_cfg(params_file, variant, **EXACT, **EXACT_RUNS[variant]), tiny, tmp_path, progress=False)
@@ -201,6 +203,7 @@ def _workers(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("over_two")
 def test_a_killed_process_fails_the_run_and_torchrun_resumes_it_exactly(params_file, tiny_dir, over_two, tmp_path):
     run = tmp_path / "run"
     args = ["train", "-d", "synthetic", "-m", "mclrec", "--params", str(params_file), "--data-dir", str(tiny_dir),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_end_to_end import ROOT, _project_copy, _run, write_params
+from .test_end_to_end import ROOT, _project_copy, _run, synthetic_only, write_params
 
 STAGE = "evaluate@synthetic-sasrec"
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "mclrec-test", "GIT_AUTHOR_EMAIL": "test@example.org",
@@ -23,13 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("git") is None, 
 def _git_project(tmp_path: Path) -> Path:
     """The CI-sized project, only the synthetic dataset and a one-seed study, committed in a fresh git + DVC repo."""
     work = _project_copy(tmp_path)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["datasets"] = {"synthetic": params["datasets"]["synthetic"]}
-    params["checkpoints"] = {}  # the published one is for beauty, removed here (dvc.yaml iterates the empty section)
-    params["study"]["length_groups"] = []  # the sports/yelp groups are removed with their parents
-    params["train"]["num_threads"] = 1
-    params["study"].update(seeds=[0], datasets=["synthetic"], grid={"lambdas": [0.1], "betas": [0.05]})
-    write_params(work, params)
+    synthetic_only(work)
     shutil.copy(ROOT / ".gitignore", work / ".gitignore")
     _run(["git", "init", "-q"], work)
     _run(["dvc", "init", "-q"], work)

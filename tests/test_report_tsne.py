@@ -15,6 +15,7 @@ from mclrec.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+pytestmark = pytest.mark.xdist_group("tsne")  # one xdist worker trains the module's `project` once
 
 
 @pytest.fixture(scope="module")
