@@ -82,16 +82,20 @@ class _PairLosses(Function):
         rows = torch.arange(n, device=z.device)
         partner = (rows + half) % n
         pos = torch.cat([sim.diagonal(half), sim.diagonal(-half)])
-        scores = sim.clone()
+        # sim becomes the softmax's scores in place; R's terms are taken from it before the exponentials
+        scores = sim
         scores.diagonal().fill_(-torch.inf)  # the softmax of row i runs over every column but i
         ctx.temperature, ctx.with_margin = temperature, with_margin
         if with_margin:  # the hardest negative: the max over the columns but i and its partner
             scores.diagonal(half).fill_(-torch.inf)
             scores.diagonal(-half).fill_(-torch.inf)
             hardest, hardest_at = scores.max(dim=1)
-            scores.diagonal(half).copy_(sim.diagonal(half))
-            scores.diagonal(-half).copy_(sim.diagonal(-half))
-            maxes = torch.maximum(hardest, pos)[:, None]  # = scores.amax(dim=1): the max is exact
+            o_max = torch.maximum(pos, hardest)
+            # o_max - (-inf) on the excluded columns is +inf there, then 0
+            terms = _excluded(o_max[:, None] - scores, 0.0, partners=True).clamp_min_(0)
+            scores.diagonal(half).copy_(pos[:half])
+            scores.diagonal(-half).copy_(pos[half:])
+            maxes = o_max[:, None]  # = scores.amax(dim=1): the max is exact
         else:
             maxes = scores.amax(dim=1, keepdim=True)
         exps = scores.sub_(maxes).exp_()
@@ -100,8 +104,6 @@ class _PairLosses(Function):
         if not with_margin:
             ctx.save_for_backward(z, exps, sums, rows, partner)
             return nce, torch.zeros((), dtype=z.dtype, device=z.device)
-        o_max = torch.maximum(pos, hardest)
-        terms = _excluded(o_max[:, None] - sim, 0.0, partners=True).clamp_min_(0)
         reg = (pos - torch.minimum(pos, hardest)).clamp_min(0).mean() + terms.sum() / (n * (n - 2))
         counted = terms.sign_()  # 1 where a negative's term is positive (relu's gradient), else 0
         ctx.save_for_backward(z, exps, sums, rows, partner, counted, pos, hardest, hardest_at)
