@@ -1,6 +1,6 @@
-"""Training speed of the working tree against one module as it was at a git revision, in one process.
+"""Training speed of the working tree against modules as they were at a git revision, in one process.
 
-Usage: python benchmarks/bench_revision.py --rev REV [--module mclrec.models.packed_encoding] [--dataset beauty]
+Usage: python benchmarks/bench_revision.py --rev REV [--module mclrec.models.packed_encoding ...] [--dataset beauty]
                                             [--variants sasrec mclrec] [--batches 30] [--threads N] [--set KEY=VALUE]
 
 A code change that is not a setting (bench_train's --compare needs one) is measured here the way bench_train
@@ -11,7 +11,8 @@ REV's arm steps, every reference in the `mclrec` package to one of today's funct
 module also defines is pointed at REV's (the module's own attributes included); REV's module imports the rest of
 the package as it is today, so REV must be one whose module still fits today's interfaces. Both arms start from
 the same weights and batches, so their first step's losses must agree to float rounding: the report prints the
-largest relative difference as a check that the two compute the same step.
+largest relative difference as a check that the two compute the same step. Several modules (`--module a b`) are
+swapped together: a session's changes to several files, measured as one.
 """
 
 from __future__ import annotations
@@ -100,10 +101,10 @@ def timed_step(run: VariantRun) -> tuple[float, dict[str, float]]:
     return time.perf_counter() - start, {k: float(v) for k, v in terms.items()}
 
 
-def render(header: dict, rows: list[dict], rev: str, module: str, patched: list[str]) -> str:
+def render(header: dict, rows: list[dict], rev: str, modules: list[str], patched: list[str]) -> str:
     """The Markdown report: machine, one row per variant and arm, the speed-up and the first-step check."""
     lines = [f"- {key}: {value}" for key, value in header.items()]
-    lines += [f"- module: {module}; REV: {rev}; references swapped: {', '.join(patched)}", "",
+    lines += [f"- module: {', '.join(modules)}; REV: {rev}; references swapped: {', '.join(patched)}", "",
               "| variant | code | s/batch | batches/epoch | s/epoch | speed-up | first-step loss, largest rel. diff |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -115,7 +116,8 @@ def render(header: dict, rows: list[dict], rev: str, module: str, patched: list[
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", required=True, help="git revision whose module to time against the working tree")
-    parser.add_argument("--module", default="mclrec.models.packed_encoding", help="dotted module name under src/")
+    parser.add_argument("--module", nargs="+", default=["mclrec.models.packed_encoding"],
+                        help="dotted module names under src/ (several: swapped together)")
     parser.add_argument("--dataset", default="beauty")
     parser.add_argument("--data-dir", type=Path, help="processed dataset folder (default data/processed/<dataset>)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -136,11 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run both arms round-robin, print the report and return its rows."""
     args = parse_args(argv)
-    new = importlib.import_module(args.module)
-    old = module_at(args.rev, args.module)
-    patches = swaps(new, old)
-    if not patches:
-        raise SystemExit(f"no function of {args.module} that {args.rev}'s module also defines is referenced")
+    patches = []
+    for module in args.module:
+        found = swaps(importlib.import_module(module), module_at(args.rev, module))
+        if not found:
+            raise SystemExit(f"no function of {module} that {args.rev}'s module also defines is referenced")
+        patches += found
     overrides = {"device": "cpu", **parse_overrides(args.overrides)}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size

@@ -65,3 +65,22 @@ def test_bench_revision_smoke(tiny_processed, capsys):  # noqa: F811
     assert [(r["variant"], r["code"]) for r in rows] == [("sasrec", "HEAD"), ("sasrec", "working tree"),
                                                          ("mclrec", "HEAD"), ("mclrec", "working tree")]
     assert all(r["first_step_rel_diff"] == 0 and r["epoch_s"] > 0 for r in rows)  # the same code: the same step
+
+
+def test_bench_revision_swaps_several_modules_together(tiny_processed, capsys):  # noqa: F811
+    bench = load_benchmark("bench_revision")
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(["--rev", "HEAD", "--dataset", "synthetic", "--data-dir", str(tiny_processed),
+                           "--params", str(ROOT / "params.yaml"), "--variants", "mclrec", "--batches", "1",
+                           "--warmup", "1", "--batch-size", "32", "--threads", "1",
+                           "--module", "mclrec.models.packed_encoding", "mclrec.models.dropout"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "module: mclrec.models.packed_encoding, mclrec.models.dropout; REV: HEAD" in out
+    assert "mclrec.training.objectives.encode_packed" in out and "mclrec.models.dropout.cpu_keep_mask" in out
+    assert all(r["first_step_rel_diff"] == 0 for r in rows)
+    with pytest.raises(SystemExit, match="no function of mclrec.errors"):
+        bench.main(["--rev", "HEAD", "--dataset", "synthetic", "--data-dir", str(tiny_processed), "--module",
+                    "mclrec.models.dropout", "mclrec.errors"])
