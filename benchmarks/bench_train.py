@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mclrec.cpu_heap import heap_state, keep_freed_memory
 from mclrec.config import NAIVE_PATH, load_params, parse_overrides, run_config
 from mclrec.data.processed import ProcessedData, load_processed
-from mclrec.environment import cpu_model
+from mclrec.environment import cpu_flags as environment_cpu_flags, cpu_model
 from mclrec.evaluation import ranking
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
@@ -95,12 +95,7 @@ def affordable_size(device: torch.device, dtype: torch.dtype, largest: int, seco
 
 def cpu_flags() -> list[str]:
     """The CPU_FLAGS this machine has, from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in CPU_FLAGS if flag in flags]
+    return environment_cpu_flags(CPU_FLAGS) or []
 
 
 def peak_rss_mib() -> float:

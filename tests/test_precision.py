@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 
+import pytest
 import torch
 
 from mclrec.checkpoint import load_checkpoint
+from mclrec.environment import cpu_flags, slow_bf16_products
+from mclrec.training import trainer
 from mclrec.training.objectives import build_parts, encode_views
 from mclrec.training.trainer import train
 
@@ -38,3 +42,31 @@ def test_bf16_training_runs_and_records_its_precision(tiny, run_cfg, tmp_path):
     assert load_checkpoint(tmp_path / "best.pt")["config"]["precision"] == "bf16"
     weights = load_checkpoint(tmp_path / "best.pt")["modules"]["encoder"]["item_embedding.weight"]
     assert weights.dtype == torch.float32  # parameters and optimiser state stay float32
+
+
+def _cpuinfo(tmp_path, flags: str | None):
+    path = tmp_path / "cpuinfo"
+    flags_line = f"flags\t\t: fpu sse2 {flags}\n" if flags is not None else ""
+    path.write_text("processor\t: 0\nmodel name\t: X\n" + flags_line)
+    return path
+
+
+def test_cpu_flags_tell_none_from_cannot_tell(tmp_path):
+    assert cpu_flags(("avx2", "amx_bf16"), _cpuinfo(tmp_path, "avx2 avx512f")) == ["avx2"]
+    assert cpu_flags(("amx_bf16",), _cpuinfo(tmp_path, "avx2")) == []
+    assert cpu_flags(("amx_bf16",), _cpuinfo(tmp_path, None)) is None  # no flags line (e.g. an ARM cpuinfo)
+    assert cpu_flags(("amx_bf16",), tmp_path / "missing") is None
+    assert slow_bf16_products(_cpuinfo(tmp_path, "avx2 avx512f"))
+    assert not slow_bf16_products(_cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert not slow_bf16_products(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    assert not slow_bf16_products(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_bf16_on_a_cpu_without_bf16_products_warns(tiny, run_cfg, tmp_path, monkeypatch, slow):
+    monkeypatch.setattr(trainer, "slow_bf16_products", lambda: slow)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(run_cfg("sasrec", max_epochs=1, precision="bf16"), tiny, tmp_path, progress=False)
+    bf16 = [w for w in caught if "precision: bf16 on a CPU without AVX512-BF16 or AMX" in str(w.message)]
+    assert len(bf16) == (1 if slow else 0)

@@ -7,7 +7,7 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mclrec.cpu_heap import heap_state
 
@@ -30,6 +30,31 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def cpu_flags(names: Sequence[str], cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """Which of the CPU flags `names` this machine has, from /proc/cpuinfo's first "flags" line (x86 Linux);
+    None where that cannot be read (other systems), so "none of them" and "cannot tell" stay apart."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    if line is None:
+        return None
+    present = set(line.split(":", 1)[1].split())
+    return [name for name in names if name in present]
+
+
+BF16_PRODUCT_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPUs with bfloat16 dot products in hardware
+
+
+def slow_bf16_products(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when this x86 CPU's flags show no bfloat16 products in hardware (neither AVX512-BF16 nor AMX):
+    there torch's bfloat16 matrix products take a fallback several times slower than float32. False where the
+    flags cannot be read (not x86 Linux): nothing is claimed there."""
+    flags = cpu_flags(BF16_PRODUCT_FLAGS, cpuinfo)
+    return flags is not None and not flags
 
 
 def git_state(folder: Path | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,7 +24,7 @@ from mclrec import __version__
 from mclrec.cpu_heap import keep_freed_memory
 from mclrec.data.processed import ProcessedData
 from mclrec.device import enable_determinism, resolve_device  # resolve_device: also the trainer's public name for it
-from mclrec.environment import run_environment
+from mclrec.environment import run_environment, slow_bf16_products
 from mclrec.run_config import AUTO, AUTO_SETTINGS, RunConfig
 from mclrec.paths import RUN_BEST, RUN_CURVES, RUN_LAST, RUN_LOG, RUN_PREV, RUN_SUMMARY
 from mclrec.evaluation.ranking import evaluate
@@ -484,6 +485,10 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     parts = build_parts(cfg, data.n_items).to(device)
     if cfg.compile:
         parts.compile(device)
+    if cfg.precision == "bf16" and device.type == "cpu" and slow_bf16_products():
+        warnings.warn("precision: bf16 on a CPU without AVX512-BF16 or AMX (/proc/cpuinfo): its bfloat16 products "
+                      "take a slow fallback (0.2-0.25x fp32's speed measured on an AVX2-only CPU); fp32 is faster "
+                      "here (docs/performance.md, Reduced precision)", stacklevel=2)
     if group:
         _join(group, cfg, data, parts)
     optimisers = Optimisers(cfg, parts, fused=step_sync_free)  # the sync-free step needs fused; else cfg.adam
