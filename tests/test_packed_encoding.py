@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mclrec.models.packed_encoding import encode_packed, head_layout, pack
+from mclrec.models.packed_encoding import encode_packed, head_layout, pack, padded_linear
 
 from .test_models_encoder import make_encoder, random_batch
 
@@ -148,3 +148,21 @@ def test_row_gathers_give_index_selects_gradients_bit_for_bit(n_heads):
         ours = torch.autograd.grad((rows.gather(source) * weights).sum(), product)[0]
         plain = torch.autograd.grad((source.index_select(0, rows.index) * weights).sum(), product)[0]
         assert torch.equal(ours, plain)
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, False)])
+def test_padded_linear_is_pad_of_linear_bit_for_bit(needs):
+    g = torch.Generator().manual_seed(3)
+    x0, w0, b0 = torch.randn(37, 8, generator=g), torch.randn(12, 8, generator=g), torch.randn(12, generator=g)
+    grad = torch.randn(38, 12, generator=g)
+    results = []
+    for f in (padded_linear, lambda x, w, b: F.pad(F.linear(x, w, b), (0, 0, 0, 1))):
+        inputs = [t.clone().requires_grad_(need) for t, need in zip((x0, w0, b0), needs)]
+        out = f(*inputs)
+        out.backward(grad)
+        results.append([out.detach()] + [t.grad for t in inputs])
+    assert torch.equal(results[0][0][-1], torch.zeros(12))
+    for ours, plain in zip(*results):
+        assert (ours is None and plain is None) or torch.equal(ours, plain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: F.pad of F.linear, which it casts
+        assert padded_linear(x0, w0, b0).dtype == torch.bfloat16

@@ -204,9 +204,41 @@ def head_layout(packing: Packing, n_heads: int) -> HeadLayout:
     return HeadLayout(rows(3), rows(2), token_heads.reshape(-1), n_heads, packing.slot_counts)
 
 
+class _PaddedLinear(Function):
+    """F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)): the product written into the first rows of its padded
+    output, so the zero row costs no copy of the product (nor of its gradient). The forward is F.linear's addmm and
+    the backward the products and sum autograd takes for it, on the same layouts: the same numbers bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        out = x.new_empty(len(x) + 1, weight.shape[0])
+        out[-1].zero_()
+        torch.addmm(bias, x, weight.t(), out=out[:-1])
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad[:-1]  # the zero row is a constant
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        # autograd's addmm backward for the column-major weight.t(): (grad^T x)^T, transposed back by .t()'s
+        grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def padded_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """F.linear(x, weight, bias) with one zero row appended, [len(x) + 1, out_features]. Under autocast it is
+    F.pad of F.linear (an `out=` product would skip autocast's casts)."""
+    if torch.is_autocast_enabled(x.device.type) or x.dim() != 2:
+        return F.pad(F.linear(x, weight, bias), (0, 0, 0, 1))
+    return _PaddedLinear.apply(x, weight, bias)
+
+
 def _head_slots(x: Tensor, weight: Tensor, bias: Tensor, head_size: int, rows: RowIndex) -> Tensor:
     """F.linear(x, weight, bias) [T, parts x hidden] gathered by a HeadLayout index as rows [*, head_size]."""
-    return rows.gather(F.pad(F.linear(x, weight, bias), (0, 0, 0, 1)).view(-1, head_size))
+    return rows.gather(padded_linear(x, weight, bias).view(-1, head_size))
 
 
 def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
