@@ -78,6 +78,20 @@ def swaps(new: ModuleType, old: ModuleType) -> list[tuple[ModuleType, str, Any, 
     return found
 
 
+def revision_patches(rev: str, modules: list[str]) -> list[tuple[ModuleType, str, Any, Any]]:
+    """The swaps of every module in `modules` (REV's against today's). Every REV module is loaded before any
+    reference is looked up, so a REV module's references to another listed module's functions (today's, imported
+    when it loaded) are swapped too and REV's arm runs REV's code throughout."""
+    pairs = [(importlib.import_module(module), module_at(rev, module)) for module in modules]
+    patches = []
+    for (new, old), module in zip(pairs, modules):
+        found = swaps(new, old)
+        if not found:
+            raise SystemExit(f"no function of {module} that {rev}'s module also defines is referenced")
+        patches += found
+    return patches
+
+
 @contextmanager
 def arm(patches: list[tuple[ModuleType, str, Any, Any]], use_old: bool) -> Iterator[None]:
     """Point the references at REV's functions (use_old) for the duration; today's otherwise."""
@@ -138,12 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run both arms round-robin, print the report and return its rows."""
     args = parse_args(argv)
-    patches = []
-    for module in args.module:
-        found = swaps(importlib.import_module(module), module_at(args.rev, module))
-        if not found:
-            raise SystemExit(f"no function of {module} that {args.rev}'s module also defines is referenced")
-        patches += found
+    patches = revision_patches(args.rev, args.module)
     overrides = {"device": "cpu", **parse_overrides(args.overrides)}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size

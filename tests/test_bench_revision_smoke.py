@@ -84,3 +84,13 @@ def test_bench_revision_swaps_several_modules_together(tiny_processed, capsys): 
     with pytest.raises(SystemExit, match="no function of mclrec.errors"):
         bench.main(["--rev", "HEAD", "--dataset", "synthetic", "--data-dir", str(tiny_processed), "--module",
                     "mclrec.models.dropout", "mclrec.errors"])
+
+
+def test_modules_swapped_together_swap_each_others_references():
+    bench = load_benchmark("bench_revision")
+    patches = bench.revision_patches("HEAD", ["mclrec.models.fused_losses", "mclrec.models.losses"])
+    swapped = {(module.__name__, attr) for module, attr, _, _ in patches}
+    # REV's losses module imported today's cross_entropy when it loaded: REV's arm must see REV's
+    assert ("mclrec.models.losses@HEAD", "cross_entropy") in swapped
+    assert ("mclrec.models.losses", "cross_entropy") in swapped
+    assert ("mclrec.training.objectives", "rec_ce_loss") in swapped
