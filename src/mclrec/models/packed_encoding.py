@@ -231,7 +231,7 @@ class _PaddedLinear(Function):
 def padded_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """F.linear(x, weight, bias) with one zero row appended, [len(x) + 1, out_features]. Under autocast it is
     F.pad of F.linear (an `out=` product would skip autocast's casts)."""
-    if torch.is_autocast_enabled(x.device.type) or x.dim() != 2:
+    if torch.is_autocast_enabled(x.device.type):
         return F.pad(F.linear(x, weight, bias), (0, 0, 0, 1))
     return _PaddedLinear.apply(x, weight, bias)
 
