@@ -97,6 +97,7 @@ def test_cli_users_and_sequences_by_original_id(model, tiny_dir):
 
 @pytest.mark.parametrize("args,message", [
     (["--user", "nobody", "--user", "x"], "unknown user id(s): nobody, x"),
+    (["--user", "[red]nobody"], "unknown user id(s): [red]nobody"),  # printed as written, not as rich markup
     (["--items", "no-such-item"], "unknown item id(s): no-such-item"),
     (["--items", " , "], "the item sequence is empty"),
     ([], "exactly one of them"),
@@ -106,3 +107,23 @@ def test_cli_bad_requests_are_clear_errors(model, tiny_dir, args, message):
     run, _ = model
     res = _cli(run, tiny_dir, *args)
     assert res.exit_code == 1 and message in " ".join(res.output.split())
+
+
+def test_cli_users_file_errors_name_the_file_and_line(model, tiny_dir, tmp_path):
+    run, _ = model
+    known = Catalogue.load(tiny_dir).user_labels[0]
+    users = tmp_path / "users.txt"
+    users.write_text(f"{known}\n\n  nobody  \n{known}\n")
+    res = _cli(run, tiny_dir, "--users-file", str(users))
+    assert res.exit_code == 1 and f"unknown user id(s): {users}:3: nobody (not in" in " ".join(res.output.split())
+    users.write_text(f"{known}\n\n{known}\n")
+    res = _cli(run, tiny_dir, "--users-file", str(users), "--k", "1")
+    assert res.exit_code == 0 and [line.split(",")[0] for line in res.output.splitlines()[1:]] == [known, known]
+    users.write_text("\n  \n")
+    res = _cli(run, tiny_dir, "--users-file", str(users))
+    assert res.exit_code == 1 and f"{users}: no user ids" in " ".join(res.output.split())
+    res = _cli(run, tiny_dir, "--users-file", str(tmp_path / "missing.txt"))
+    assert res.exit_code == 1 and "missing.txt: cannot read the users file" in " ".join(res.output.split())
+    users.write_bytes(b"\xff\xfe\x00bad")
+    res = _cli(run, tiny_dir, "--users-file", str(users))
+    assert res.exit_code == 1 and "cannot read the users file" in " ".join(res.output.split())

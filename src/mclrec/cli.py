@@ -369,7 +369,8 @@ def recommend(
     from mclrec.data.processed import load_processed
     from mclrec.device import resolve_device
     from mclrec.evaluation.evaluate import load_encoder
-    from mclrec.recommend import DEFAULT_BUCKETS, Catalogue, recommend_sequence, recommend_users, write_recommendations
+    from mclrec.recommend import (DEFAULT_BUCKETS, Catalogue, read_users_file, recommend_sequence, recommend_users,
+                                  write_recommendations)
 
     with user_errors():
         params_dict = config.load_params(params)
@@ -380,6 +381,7 @@ def recommend(
                               "--items ID,ID,... (exactly one of them)")
         if output is not None and output.suffix not in (".csv", ".jsonl", ".parquet"):
             raise MclrecError(f"{output}: --output must end in .csv, .jsonl or .parquet")
+        names, places = (list(user), None) if not users_file else read_users_file(users_file)
         fmt = CheckpointFormat(checkpoint_format).value
         if published is not None:
             checkpoint, fmt = _published_checkpoint(params_dict, published, dataset)
@@ -405,9 +407,7 @@ def recommend(
             if all_users:
                 ids = np.arange(1, data.n_users + 1)
             else:
-                names = list(user) if user else [line.strip() for line in users_file.read_text().splitlines()
-                                                  if line.strip()]
-                ids = catalogue.user_ids(names)
+                ids = catalogue.user_ids(names, places)
             with Progress(disable=not (progress and all_users), transient=True) as bar:
                 task = bar.add_task("recommending", total=len(ids))
                 frame = recommend_users(encoder, data, catalogue, ids, k, dev, exclude_seen, buckets,

@@ -8,10 +8,12 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from mclrec.errors import MclrecError
 
-err_console = Console(stderr=True)
+# markup off: messages hold user ids and paths, whose square brackets rich would otherwise take for style tags
+err_console = Console(stderr=True, markup=False)
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 
 
@@ -21,5 +23,5 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (MclrecError, OSError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

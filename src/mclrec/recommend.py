@@ -42,23 +42,39 @@ class Catalogue:
         items = pq.read_table(Path(directory) / "items.parquet").to_pandas().sort_values("item")
         return cls(users["original_id"].astype(str).to_numpy(), items["original_id"].astype(str).to_numpy())
 
-    def user_ids(self, originals: Sequence[str]) -> np.ndarray:
-        """Model ids of users given by original id; MclrecError listing the first unknown ones."""
-        return _lookup(self.user_labels, originals, "user")
+    def user_ids(self, originals: Sequence[str], places: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Model ids of users given by original id; MclrecError listing the first unknown ones (with their
+        `places`, e.g. file:line, when given)."""
+        return _lookup(self.user_labels, originals, "user", places)
 
     def item_ids(self, originals: Sequence[str]) -> np.ndarray:
         """Model ids of items given by original id; MclrecError listing the first unknown ones."""
         return _lookup(self.item_labels, originals, "item")
 
 
-def _lookup(labels: np.ndarray, originals: Sequence[str], kind: str) -> np.ndarray:
+def _lookup(labels: np.ndarray, originals: Sequence[str], kind: str,
+            places: Optional[Sequence[str]] = None) -> np.ndarray:
     index = pd.Index(labels)
     positions = index.get_indexer(pd.Index([str(x) for x in originals]))
-    unknown = [str(x) for x, p in zip(originals, positions) if p < 0]
+    named = originals if places is None else [f"{place}: {x}" for place, x in zip(places, originals)]
+    unknown = [str(x) for x, p in zip(named, positions) if p < 0]
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise MclrecError(f"unknown {kind} id(s): {', '.join(unknown[:5])}{more} (not in the processed dataset)")
     return positions + 1
+
+
+def read_users_file(path: Path) -> tuple[list[str], list[str]]:
+    """The original user ids of a file, one per line (blank lines skipped), and where each stands (`file:line`);
+    MclrecError when the file cannot be read or holds no id."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MclrecError(f"{path}: cannot read the users file ({err})") from err
+    found = [(f"{path}:{number}", line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+    if not found:
+        raise MclrecError(f"{path}: no user ids (expected one original user id per line)")
+    return [name for _, name in found], [place for place, _ in found]
 
 
 def full_histories(data: ProcessedData) -> tuple[np.ndarray, np.ndarray]:
