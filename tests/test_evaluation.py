@@ -151,6 +151,32 @@ def test_truncated_checkpoint_is_detected(trained, tiny_dir, tmp_path):
     assert res.exit_code == 1 and "truncated or corrupt" in res.output
 
 
+class ForeignConfig:
+    """Stands for a class a foreign checkpoint pickles (RecBole pickles its Config)."""
+
+
+@pytest.mark.parametrize("content,fmt,message", [
+    (b"garbage\n", "mclrec", "unreadable checkpoint (truncated or corrupt?): Unsupported operand"),
+    (b"", "mclrec", "empty checkpoint file"),
+    ("foreign", "mclrec", "it pickles tests.test_evaluation.ForeignConfig, and only tensors and plain containers are "
+                          "loaded (a RecBole checkpoint? evaluate and recommend read those with --checkpoint-format "
+                          "recbole)"),
+    (b"garbage\n", "recbole", "not a readable RecBole checkpoint (invalid literal for int()"),
+    (b"", "recbole", "not a readable RecBole checkpoint (Ran out of input)"),
+])
+def test_unreadable_checkpoints_are_one_line_errors(tiny_dir, tmp_path, content, fmt, message):
+    path = tmp_path / "model.pt"
+    if content == "foreign":
+        torch.save({"state_dict": {}, "config": ForeignConfig()}, path)
+    else:
+        path.write_bytes(content)
+    res = _evaluate("--checkpoint", str(path), "--checkpoint-format", fmt, "--data-dir", str(tiny_dir),
+                    "--output", str(tmp_path / "x.json"))
+    # one line, and none of torch's advice to load the file with code execution allowed
+    assert res.exit_code == 1 and message in " ".join(res.output.split()) and "weights_only" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
+
+
 def test_metrics_from_ranks_matches_hand_computation():
     m = metrics_from_ranks(torch.tensor([0, 1, 30]), (5,))
     assert m["HR@5"] == pytest.approx(2 / 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -50,10 +51,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty checkpoint file (a copy or write that never finished?)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {exc}") from None
+        raise _unreadable(path, exc) from None
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
         raise CheckpointError(f"{path}: not an mclrec checkpoint (missing keys: {', '.join(missing)})")
@@ -64,6 +67,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     for key in RETIRED_SETTINGS:
         payload["config"].pop(key, None)
     return payload
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """Why torch.load failed, in one line. torch's weights-only message (several lines, terminal escapes, and advice
+    to load the file with code execution allowed) is reduced to its cause."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    marker = "WeightsUnpickler error:"
+    cause = text.split(marker, 1)[1] if marker in text else text
+    reason = next((line.strip() for line in cause.splitlines() if line.strip()), type(exc).__name__)
+    found = re.match(r"Unsupported global: GLOBAL (\S+)", reason)
+    if found:
+        return CheckpointError(f"{path}: not an mclrec checkpoint: it pickles {found.group(1)}, and only tensors and "
+                               "plain containers are loaded (a RecBole checkpoint? evaluate and recommend read those "
+                               "with --checkpoint-format recbole)")
+    return CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {reason}")
 
 
 CPU_GENERATOR_STATE_BYTES = 5056  # mt19937; a CUDA generator's (Philox) state is 16 bytes

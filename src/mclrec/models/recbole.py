@@ -98,8 +98,10 @@ def read_recbole_file(path: str | os.PathLike) -> RecBoleFile:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except FileNotFoundError as err:
         raise MclrecError(f"checkpoint not found: {path}") from err
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as err:
-        raise MclrecError(f"{path}: not a readable RecBole checkpoint ({str(err).splitlines()[0]})") from err
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError, KeyError,
+            IndexError) as err:  # a legacy torch file that is not one fails in int() (ValueError), among others
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise MclrecError(f"{path}: not a readable RecBole checkpoint ({first})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise MclrecError(f"{path}: expected a RecBole checkpoint dict with a 'state_dict' key, found {found}")
