@@ -91,3 +91,12 @@ def test_evaluate_with_seed_reads_that_runs_checkpoint_and_writes_its_seed_resul
     res = runner.invoke(app, ["evaluate", "-d", "synthetic", "-m", "mclrec", "--seed", "7",
                               "--params", _params(tmp_path, [7])])
     assert res.exit_code == 1 and "models/synthetic/mclrec/seed7/best.pt" in res.output
+
+
+def test_an_unknown_figure_lists_each_name_with_its_paper_figure(tmp_path):
+    res = runner.invoke(app, ["report", "figure", "3", "--params", _params(tmp_path, [0]),
+                              "--results", str(tmp_path / "results"), "--out", str(tmp_path / "figures")])
+    message = " ".join(res.output.split())
+    assert res.exit_code == 1 and "unknown figure '3'" in message
+    assert "joint_vs_meta (Fig. 3)" in message and "grid-<dataset> (Fig. 6)" in message
+    assert not (tmp_path / "figures").exists()

@@ -15,7 +15,9 @@ report_app = typer.Typer(help="The paper study: seed aggregates, tables, figures
                          no_args_is_help=True)
 
 ResultsOpt = typer.Option(Path("results"), help="Results root.")
-FIGURES = ("joint_vs_meta", "batch_sizes", "groups_trained", "noise-<dataset>", "groups-<dataset>", "grid-<dataset>")
+FIGURES = {"joint_vs_meta": "Fig. 3", "batch_sizes": "Fig. 4", "grid-<dataset>": "Fig. 6", "noise-<dataset>": "Fig. 7",
+           "groups_trained": "Fig. 8", "groups-<dataset>": "Fig. 8, one model scored per group"}
+FIGURE_CHOICES = ", ".join(f"{name} ({paper})" for name, paper in FIGURES.items())
 DATASET_FIGURES = {"grid": "Fig. 6: lambda x beta", "noise": "Fig. 7: test-time noise",
                    "groups": "Fig. 8 (one model scored per length group)"}
 COMMANDS = ["snakemake --cores all results/report.md", "snakemake --report results/report.html results/report.md"]
@@ -94,7 +96,7 @@ def table(
 
 @report_app.command()
 def figure(
-    name: str = typer.Argument(..., help=f"One of: {', '.join(FIGURES)}."),
+    name: str = typer.Argument(..., help=f"One of: {FIGURE_CHOICES}."),
     params: Path = ParamsOpt,
     results: Path = ResultsOpt,
     out: Path = typer.Option(Path("results/figures"), help="Folder for the PNGs."),
@@ -123,7 +125,7 @@ def figure(
         elif name.startswith("grid-"):
             _grid_figure(name.split("-", 1)[1], study, results, path)
         else:
-            raise config.ConfigError(f"unknown figure '{name}'; choose one of: {', '.join(FIGURES)}")
+            raise config.ConfigError(f"unknown figure '{name}'; choose one of: {FIGURE_CHOICES}")
 
 
 def _robustness_figure(kind: str, dataset: str, study: dict, results: Path, path: Path) -> None:
