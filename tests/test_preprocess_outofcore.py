@@ -314,3 +314,25 @@ def test_cli_engine_option_and_params_key(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match="engine"):
         config.load_params(tmp_path / "params.yaml")
+
+
+def _raw_text(fmt: str, users: np.ndarray, items: np.ndarray) -> str:
+    """These interactions as a raw file of `fmt` (seqtxt: one line per user, in file order)."""
+    if fmt == "seqtxt":
+        return "".join(f"{u + 1} " + " ".join(str(i + 1) for i in items[users == u]) + "\n" for u in np.unique(users))
+    if fmt == "recbole-inter":
+        return "user_id:token\titem_id:token\n" + "".join(f"u{u}\ti{i}\n" for u, i in zip(users, items))
+    return "".join(f"u{u},i{i},5.0,{i % 7}\n" for u, i in zip(users, items))
+
+
+@pytest.mark.parametrize("fmt", ["seqtxt", "recbole-inter", "amazon-ratings-csv"])
+def test_a_leading_utf8_bom_is_skipped_by_both_engines(tmp_path, fmt):
+    text = _raw_text(fmt, *random_interactions(6, 2000, 120, 100))
+    plain, marked = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")  # what Windows editors write
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    both_engines(tmp_path / "plain", plain, fmt)
+    both_engines(tmp_path / "bom", marked, fmt)
+    for name in OUTPUTS[:-1]:  # the parquet files; stats.json names the raw file and its hash
+        assert (tmp_path / "plain" / "duckdb" / name).read_bytes() == (tmp_path / "bom" / "duckdb" / name).read_bytes()

@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 
 from mclrec.data import diagnose as dg
 from mclrec.data import recbole_inter, records
-from mclrec.data.rawio import arrow_stream, check_exists, is_gzip, text_lines
+from mclrec.data.rawio import UTF8_BOM, arrow_stream, check_exists, is_gzip, text_lines
 from mclrec.data.seqtxt import CHUNK_BYTES
 from mclrec.data.seqtxt import parse_chunk as parse_seqtxt_chunk
 from mclrec.errors import DataError
@@ -56,15 +56,19 @@ def _seqtxt(path: Path) -> Batches:
 
 
 def _line_chunks(path: Path) -> Iterator[bytes]:
-    """The (decompressed) file in pieces of about CHUNK_BYTES that end at a newline (the last one may not)."""
+    """The (decompressed) file in pieces of about CHUNK_BYTES that end at a newline (the last one may not); a
+    leading UTF-8 BOM is left out."""
     with _binary(path) as fh:
         carry = b""
-        while block := fh.read(CHUNK_BYTES):
+        block = fh.read(CHUNK_BYTES)
+        block = block[len(UTF8_BOM):] if block.startswith(UTF8_BOM) else block
+        while block:
             data = carry + block
             cut = data.rfind(b"\n") + 1
             carry = data[cut:]
             if cut:
                 yield data[:cut]
+            block = fh.read(CHUNK_BYTES)
         if carry:
             yield carry
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 from mclrec.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"  # what Windows editors put before the first line; the readers skip it
 
 
 def check_exists(path: Path) -> None:
@@ -42,4 +43,4 @@ def read_bytes(path: Path) -> bytes:
 def text_lines(path: Path) -> IO[str]:
     """A text handle over the (decompressed) file for slow diagnostic scans."""
     raw = gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")  # -sig: a leading BOM skipped

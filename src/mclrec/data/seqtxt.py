@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mclrec.data.rawio import UTF8_BOM
 from mclrec.errors import DataError
 
 CHUNK_BYTES = 16 << 20
@@ -29,14 +30,14 @@ def parse_seqtxt(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _chunk_bounds(data: bytes) -> list[tuple[int, int]]:
-    """Split the content at newlines into pieces of about CHUNK_BYTES."""
-    bounds, start = [], 0
+    """Split the content at newlines into pieces of about CHUNK_BYTES; a leading UTF-8 BOM is left out."""
+    bounds, start = [], len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     while start < len(data):
         cut = data.find(b"\n", min(start + CHUNK_BYTES, len(data)) - 1)
         stop = len(data) if cut < 0 else cut + 1
         bounds.append((start, stop))
         start = stop
-    return bounds or [(0, 0)]
+    return bounds or [(start, start)]
 
 
 def parse_chunk(b: np.ndarray, path: Path, line_offset: int) -> tuple[np.ndarray, np.ndarray, int]:
