@@ -77,6 +77,18 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         config.load_params(tmp_path / "absent.yaml")
 
 
+def test_a_key_given_twice_names_both_lines_but_merged_keys_may_be_overridden(tmp_path):
+    train = _line_of("train:")
+    with pytest.raises(ConfigError) as info:
+        _load_with(tmp_path, "train:\n", "train:\n  lr: 0.5\n")  # an edit above the existing `lr:` line
+    lr = _line_of("  lr: ") + 1  # the existing line, one further down after the insertion
+    assert f"params.yaml:{lr}: invalid YAML: duplicate key 'lr' (first given on line {train + 1})" in str(info.value)
+    sports = config.load_params(ROOT / "params.yaml")["datasets"]["sports-len5"]  # `<<: *sports` then overrides
+    assert sports["preprocess"]["length_group"] == {"min": 5, "max": 5} and sports["format"] == "seqtxt"
+    with pytest.raises(ConfigError, match="not valid YAML.*duplicate key 'a'"):
+        config.parse_overrides(["length_buckets={a: 1, a: 2}"])
+
+
 def test_unknown_dataset_and_variant_list_the_defined_ones():
     params = config.load_params(ROOT / "params.yaml")
     with pytest.raises(ConfigError, match="datasets.movielens: no such dataset; defined: synthetic, beauty"):

@@ -7,7 +7,7 @@ import difflib
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import jsonschema
 import yaml
@@ -19,10 +19,26 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
 
 class ParamsLoader(yaml.SafeLoader):
-    """YAML loader that also reads 1e-4, 1E3 and 5e+2 as numbers (YAML 1.2, as DVC reads params.yaml).
+    """YAML loader that also reads 1e-4, 1E3 and 5e+2 as numbers (YAML 1.2, as DVC reads params.yaml), and refuses
+    a key given twice in one mapping.
 
-    PyYAML follows YAML 1.1, where a float needs a dot, so `lr: 1e-4` would be the string '1e-4'.
+    PyYAML follows YAML 1.1, where a float needs a dot, so `lr: 1e-4` would be the string '1e-4'; and it keeps the
+    last of two equal keys, so an edit above an existing `lr:` line would be ignored without a word. Keys that a
+    merge (`<<: *anchor`) brings in may still be overridden: that is what merging is for.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first_line[key]})", key_node.start_mark)
+            if isinstance(key, Hashable):
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 ParamsLoader.add_implicit_resolver(
