@@ -181,6 +181,19 @@ def test_resume_refuses_changed_settings_unless_asked_to_restart(tiny, run_cfg, 
     assert summary["epochs_run"] == 1
 
 
+def test_what_a_resume_found_is_said_on_stderr(tiny, run_cfg, tmp_path, capsys):
+    run = tmp_path / "mistyped"
+    train(run_cfg("sasrec", max_epochs=1), tiny, run, resume="must", progress=False)
+    assert f"{run}: nothing to resume (no last.pt or last.prev.pt); starting afresh" in capsys.readouterr().err
+    summary = train(run_cfg("sasrec", max_epochs=2), tiny, run, resume="must", progress=False)
+    assert f"{run}: resuming after epoch 1" in capsys.readouterr().err and summary["epochs_run"] == 2
+    train(run_cfg("sasrec", max_epochs=1, lr=0.01), tiny, run, resume="if-compatible", progress=False)
+    err = capsys.readouterr().err
+    assert f"{run}: not resumed, starting afresh:" in err and "settings differ from the checkpoint: lr" in err
+    train(run_cfg("sasrec", max_epochs=1, lr=0.01), tiny, tmp_path / "fresh", progress=False)
+    assert "resum" not in capsys.readouterr().err  # a plain training says nothing of resuming
+
+
 def test_finished_run_restores_a_deleted_best_checkpoint(tiny, run_cfg, tmp_path):
     train(run_cfg("sasrec", max_epochs=1), tiny, tmp_path, progress=False)
     original = load_checkpoint(tmp_path / "best.pt")["modules"]["encoder"]

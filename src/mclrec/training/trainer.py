@@ -496,13 +496,21 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     valid_data = eval_instances(data, "valid", device)
 
     state, best_modules, fell_back = RunState(), None, False
+    notice = None  # what a resume found, said on stderr: a mistyped --out must not pass for a resumed run
     if resume != "never" and ((run_dir / LAST).exists() or (run_dir / PREV).exists()):
         try:
             state, best_modules, cfg, fell_back = _restore_latest(run_dir, cfg, parts, optimisers, generator, data,
                                                                   group)
-        except TrainingError:
+        except TrainingError as exc:
             if resume == "must":
                 raise
+            notice = f"{run_dir}: not resumed, starting afresh: {exc}"
+    elif resume == "must":
+        notice = f"{run_dir}: nothing to resume (no {LAST} or {PREV}); starting afresh"
+    if state.epoch > 0:
+        notice = f"{run_dir}: resuming after epoch {state.epoch}"
+    if notice and (group is None or group.is_main):
+        print(notice, file=sys.stderr)
     if group:  # every process has read the checkpoint before rank 0 touches the run folder
         group.agree("the checkpoint they continue from", {"epoch": state.epoch, "fell back": fell_back})
     resumed = state.epoch > 0
