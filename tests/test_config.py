@@ -89,6 +89,13 @@ def test_a_key_given_twice_names_both_lines_but_merged_keys_may_be_overridden(tm
         config.parse_overrides(["length_buckets={a: 1, a: 2}"])
 
 
+def test_a_set_value_that_is_not_yaml_is_one_line():
+    with pytest.raises(ConfigError) as info:
+        config.parse_overrides(["length_buckets=[8,"])
+    assert str(info.value) == ("--set 'length_buckets=[8,': value is not valid YAML (expected the node content, but "
+                               "found '<stream end>')")
+
+
 def test_unknown_dataset_and_variant_list_the_defined_ones():
     params = config.load_params(ROOT / "params.yaml")
     with pytest.raises(ConfigError, match="datasets.movielens: no such dataset; defined: synthetic, beauty"):

@@ -233,7 +233,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         try:
             overrides[key.strip()] = load_yaml(value)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({exc})") from None
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({problem})") from None
     _validate_settings(overrides, "--set")
     return overrides
 
