@@ -116,7 +116,7 @@ def test_cli_users_file_errors_name_the_file_and_line(model, tiny_dir, tmp_path)
     users.write_text(f"{known}\n\n  nobody  \n{known}\n")
     res = _cli(run, tiny_dir, "--users-file", str(users))
     assert res.exit_code == 1 and f"unknown user id(s): {users}:3: nobody (not in" in " ".join(res.output.split())
-    users.write_text(f"{known}\n\n{known}\n")
+    users.write_text(f"{known}\n\n{known}\n", encoding="utf-8-sig")  # a BOM, as Windows editors write
     res = _cli(run, tiny_dir, "--users-file", str(users), "--k", "1")
     assert res.exit_code == 0 and [line.split(",")[0] for line in res.output.splitlines()[1:]] == [known, known]
     users.write_text("\n  \n")

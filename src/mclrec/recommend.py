@@ -68,7 +68,7 @@ def read_users_file(path: Path) -> tuple[list[str], list[str]]:
     """The original user ids of a file, one per line (blank lines skipped), and where each stands (`file:line`);
     MclrecError when the file cannot be read or holds no id."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a leading BOM skipped
     except (OSError, UnicodeDecodeError) as err:
         raise MclrecError(f"{path}: cannot read the users file ({err})") from err
     found = [(f"{path}:{number}", line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
