@@ -179,7 +179,8 @@ def train(
     max_epochs: Optional[int] = typer.Option(None, help="Override max_epochs."),
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default models/<dataset>/<variant>/seed<seed>)."),
-    resume: bool = typer.Option(False, help="Continue from <out>/last.pt (error if its settings differ)."),
+    resume: bool = typer.Option(False, help="Continue from <out>/last.pt (error if its settings differ; without "
+                                            "checkpoints it says so and starts afresh)."),
     resume_if_compatible: bool = typer.Option(
         False, help="Continue from last.pt when its settings match, else start afresh (used by the workflows)."
     ),
