@@ -80,6 +80,9 @@ def test_download_from_mirror_verifies_checksum(tmp_path, monkeypatch):
     params = _params(tmp_path, ok=_seqtxt(url=url, sha256=good), bad=_seqtxt(url=url, sha256="0" * 64))
     res = runner.invoke(app, ["download", "bad", "--params", params], env={"MCLREC_MIRROR": str(mirror)})
     assert res.exit_code == 1 and "sha256" in res.output
+    message = "".join(res.output.split())
+    assert "datasets.bad.source.sha256);nothingwaswrittentodata/raw/bad/toy.txt" in message
+    assert "Ifthefileistherightone,correctthatsetting." in message
     assert not (tmp_path / "data/raw/bad/toy.txt").exists()
     res = runner.invoke(app, ["download", "ok", "--params", params], env={"MCLREC_MIRROR": str(mirror)})
     assert res.exit_code == 0, res.output

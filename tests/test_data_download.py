@@ -47,6 +47,22 @@ def test_url_checksum_mismatch_leaves_nothing(tmp_path, origin):
     assert listing(raw_dir) == []
 
 
+@pytest.mark.parametrize("where", ["url", "mirror", "in place"])
+def test_checksum_errors_name_the_declaring_setting(tmp_path, origin, where):
+    raw_dir = tmp_path / "raw"
+    if where == "in place":
+        raw_dir.mkdir()
+        (raw_dir / "toy.txt").write_bytes(CONTENT)
+    mirror = origin.parent if where == "mirror" else None
+    declared = "params.yaml: datasets.toy.source.sha256"
+    with pytest.raises(DataError) as err:
+        fetch_raw("toy", {"url": origin.as_uri(), "sha256": WRONG}, "toy.txt", raw_dir, mirror, declared)
+    message = str(err.value)
+    assert f"sha256 is {SHA} but {WRONG} was expected ({declared})" in message
+    assert "If the file is the right one, correct that setting." in message
+    assert listing(raw_dir) == (["toy.txt"] if where == "in place" else [])
+
+
 def test_unreachable_url_gives_clear_error(tmp_path):
     raw_dir = tmp_path / "raw" / "toy"
     with pytest.raises(DataError) as err:

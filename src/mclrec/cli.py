@@ -81,7 +81,8 @@ def download(
         if name in params_dict.get("checkpoints", {}):
             spec = params_dict["checkpoints"][name]
             dest = paths.published_checkpoint(name, spec["filename"])
-            dest = fetch_raw(name, {"url": spec["url"], "sha256": spec["sha256"]}, spec["filename"], dest.parent, mirror)
+            source = {"url": spec["url"], "sha256": spec["sha256"]}
+            dest = fetch_raw(name, source, spec["filename"], dest.parent, mirror, f"{params}: checkpoints.{name}.sha256")
             err_console.print(f"checkpoint ready: {dest}")
             return
         spec = config.dataset_spec(params_dict, name)
@@ -89,7 +90,8 @@ def download(
         if "generator" in spec["source"]:
             _generate(spec, dest)
         else:
-            dest = fetch_raw(name, spec["source"], spec["filename"], dest.parent, mirror)
+            declared_in = f"{params}: datasets.{name}.source.sha256"
+            dest = fetch_raw(name, spec["source"], spec["filename"], dest.parent, mirror, declared_in)
         err_console.print(f"raw file ready: {dest}")
 
 
@@ -336,7 +338,7 @@ def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, 
     path = paths.published_checkpoint(name, spec["filename"])
     if not path.is_file():
         raise MclrecError(f"{path}: not there yet; run `mclrec download {name}` (MCLREC_MIRROR for a local copy)")
-    verify_existing(path, spec["sha256"])
+    verify_existing(path, spec["sha256"], f"params.yaml: checkpoints.{name}.sha256")
     return path, spec["format"]
 
 
