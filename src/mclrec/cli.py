@@ -82,7 +82,8 @@ def download(
             spec = params_dict["checkpoints"][name]
             dest = paths.published_checkpoint(name, spec["filename"])
             source = {"url": spec["url"], "sha256": spec["sha256"]}
-            dest = fetch_raw(name, source, spec["filename"], dest.parent, mirror, f"{params}: checkpoints.{name}.sha256")
+            declared_in = f"{params}: checkpoints.{name}.sha256"
+            dest = fetch_raw(name, source, spec["filename"], dest.parent, mirror, declared_in)
             err_console.print(f"checkpoint ready: {dest}")
             return
         spec = config.dataset_spec(params_dict, name)

@@ -86,7 +86,8 @@ def _download(name: str, url: str, dest: Path, expected: str | None, declared_in
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             _store(response, dest, expected, url, declared_in)
     except DataError as exc:
-        raise DataError(f"{exc}; nothing was written to {dest}.{_fix_checksum(declared_in)} To use a copy you trust, {by_hand}") from None
+        fix = _fix_checksum(declared_in)
+        raise DataError(f"{exc}; nothing was written to {dest}.{fix} To use a copy you trust, {by_hand}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
         raise DataError(f"dataset {name!r}: download of {url} failed ({reason}); {by_hand}") from None
