@@ -49,6 +49,10 @@ def test_every_setting_has_a_default_and_params_list_them_all():
         ("user_k: 5, item_k: 5, max_len: 50}\n    overrides:\n      mclrec: {lambda_cl1: 0.04",
          "user_k: 2, item_k: 5, max_len: 50}\n    overrides:\n      mclrec: {lambda_cl1: 0.04",
          "datasets.sports.preprocess.user_k: 2 is less than the minimum of 3"),
+        # a misspelt required key is named as itself, not as the required key it leaves missing
+        ("mclrec-j: {model: mclrec,", "mclrec-j: {modle: mclrec,",
+         "variants.mclrec-j.modle: unknown key 'modle' (did you mean 'model'?)"),
+        ("    filename: Yelp.txt", "    filname: Yelp.txt", "datasets.yelp.filname: unknown key 'filname' (did you mean 'filename'?)"),
     ],
 )
 def test_bad_params_name_file_line_and_key(tmp_path, old, new, expected):

@@ -167,7 +167,12 @@ def _allowed_keys(schema: dict) -> set[str]:
 def validate_params(params: Any, source: str = "params.yaml", root: yaml.Node | None = None) -> None:
     """Raise ConfigError naming file, line and key for the first schema violation."""
     validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    # At one key, an unknown key comes first: a misspelt required key ('modle') is reported as itself
+    # (with the spelling it resembles), not as the required key that is missing because of it.
+    errors = sorted(
+        validator.iter_errors(params),
+        key=lambda e: (list(e.absolute_path), e.validator not in ("additionalProperties", "unevaluatedProperties")),
+    )
     if not errors:
         return
     path, message = _describe(errors[0])
