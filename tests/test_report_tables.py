@@ -86,6 +86,22 @@ def test_table3_without_ranks_or_runs_never_crashes():
     assert "+9.1% vs duorec |" in line(md, IMPROVEMENT_ROW)
 
 
+def test_a_dataset_without_published_numbers_shows_ours_only():
+    index = {("toys", "mclrec"): agg(0.0600, 0.0300, 0.0010, 0.0005), ("toys", "sasrec"): agg(0.0500, 0.0250)}
+    ranks = {("toys", "mclrec"): np.arange(6), ("toys", "sasrec"): np.full(6, 20)}
+    md, df = table3(index, ["beauty", "toys"], metrics=METRICS, ranks_index=ranks)
+    toys = md.split("**toys**", 1)[1]
+    assert "The paper has no numbers for this dataset: ours only." in toys
+    assert "| Variant | Kind | HR@20 | NDCG@20 |" in toys
+    assert line(md, "mclrec", 1) == "| mclrec | proposed | 0.0600 ± 0.0010 | 0.0300 ± 0.0005 |"
+    assert line(md, "cl4srec", 1) == "| cl4srec | same protocol | – | – |"
+    # 0.06 / 0.05 - 1 = +20.0%, 0.03 / 0.025 - 1 = +20.0%
+    assert line(md, IMPROVEMENT_ROW, 1) == f"| {IMPROVEMENT_ROW} |  | +20.0% vs sasrec, p=0.031 | +20.0% vs sasrec, p=0.031 |"
+    # the paper's dataset keeps its paper | ours | Δ columns in the same table
+    assert line(md, "mclrec", 0) == "| mclrec | proposed | 0.1243 | – | – | 0.0539 | – | – |"
+    assert df[df["dataset"] == "toys"]["published"].isna().all()
+
+
 def test_table4_ablations():
     index = {("sports", "mclrec-no-reg"): agg(0.0700, 0.0300, 0.0010, 0.0002)}
     md, df = table4(index, ["sports"])

@@ -103,19 +103,34 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
     return [fmt_pct(row["improvement_published"]), ours_cell, ""]
 
 
+def _has_published(sub: pd.DataFrame) -> bool:
+    """Whether a dataset's rows hold any published number (a dataset the paper has, not one a user added)."""
+    values = [sub["published"]] + ([sub["improvement_published"]] if "improvement_published" in sub else [])
+    return any(not is_missing(v) for column in values for v in column)
+
+
 def to_markdown(df: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str], with_kind: bool = False) -> str:
-    """One Markdown table per dataset: a row per variant (and its kind), columns paper | ours | Δ per metric."""
-    header = ["Variant"] + (["Kind"] if with_kind else []) + [f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")]
+    """One Markdown table per dataset: a row per variant (and its kind), columns paper | ours | Δ per metric.
+
+    A dataset without any published number (one added in params.yaml) gets only the `ours` column per metric,
+    under a line saying so, rather than columns of dashes.
+    """
+    lead_header = ["Variant"] + (["Kind"] if with_kind else [])
     blocks = []
     for dataset in datasets:
         sub = df[df["dataset"] == dataset]
+        compared = _has_published(sub)
+        header = lead_header + ([f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")] if compared
+                                else list(metrics))
         lines = []
         for label in dict.fromkeys(sub["row"]):
             records = sub[sub["row"] == label].to_dict("records")
             by_metric = {r["metric"]: r for r in records}
             lead = [label] + ([records[0]["kind"]] if with_kind else [])
-            lines.append(lead + [cell for m in metrics for cell in _cells(by_metric[m])])
-        blocks.append(f"**{dataset}**\n\n" + markdown_grid(header, lines))
+            cells = [_cells(by_metric[m]) for m in metrics]
+            lines.append(lead + [c for trio in cells for c in (trio if compared else trio[1:2])])
+        note = "" if compared else "The paper has no numbers for this dataset: ours only.\n\n"
+        blocks.append(f"**{dataset}**\n\n{note}" + markdown_grid(header, lines))
     return "\n\n".join(blocks) + "\n"
 
 
