@@ -29,6 +29,26 @@ class CheckpointError(MclrecError):
     """A checkpoint is missing, truncated, corrupt or from another setup."""
 
 
+def check_catalogue(path: Path, meta: dict[str, Any], data: Any) -> None:
+    """Refuse an mclrec checkpoint whose item rows are not `data`'s items (a ProcessedData).
+
+    The item count must match; where the checkpoint records its catalogue (`catalogue_sha256`, written since
+    session 18), the items themselves must too: with another catalogue of the same size every score would
+    belong to another item and nothing else would notice.
+    """
+    trained_on = meta.get("data_stats", {}).get("dataset")
+    origin = f"dataset '{trained_on}'" if trained_on else "another dataset"
+    if meta["n_items"] != data.n_items:
+        raise CheckpointError(f"{path}: checkpoint was trained with {meta['n_items']} items, "
+                              f"but the dataset has {data.n_items} (checkpoint from {origin}?)")
+    trained, here = meta.get("catalogue_sha256"), getattr(data, "catalogue_sha256", None)
+    if trained and here and trained != here:
+        raise CheckpointError(
+            f"{path}: checkpoint was trained on the items of {origin}, which are not this dataset's "
+            f"(items.parquet original ids differ, though both have {data.n_items}); its item rows would score "
+            "other items. Use it with the dataset it was trained on, preprocessed as it was then")
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: Optional[Path] = None) -> None:
     """Write a checkpoint dict (tensors, numbers, strings, lists, dicts) atomically; `keep_previous`: see atomic_path.
 

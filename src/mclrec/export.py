@@ -151,15 +151,13 @@ def export_recbole_checkpoint(data: ProcessedData, processed_dir: Path, checkpoi
     """
     import torch
 
-    from mclrec.checkpoint import load_checkpoint
+    from mclrec.checkpoint import check_catalogue, load_checkpoint
     from mclrec.models.parts import build_parts
     from mclrec.models.recbole import recbole_sasrec_config, to_recbole_sasrec_state_dict
 
     checkpoint = Path(checkpoint)
     meta = load_checkpoint(checkpoint)  # not evaluate.load_encoder: evaluation reads these files back (no circle)
-    if meta["n_items"] != data.n_items:
-        raise MclrecError(f"{checkpoint}: checkpoint was trained with {meta['n_items']} items, "
-                          f"but the dataset has {data.n_items} (checkpoint from another dataset?)")
+    check_catalogue(checkpoint, meta, data)
     encoder = build_parts(meta["config"], meta["n_items"]).encoder
     encoder.load_state_dict(meta["modules"]["encoder"])
     encoder.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mclrec.errors import DataError
@@ -44,6 +46,7 @@ class ProcessedData:
     valid: Split
     test: Split
     stats: dict[str, Any] = field(default_factory=dict)
+    catalogue_sha256: str | None = None  # what a checkpoint's item rows mean: see catalogue_fingerprint
 
 
 def load_processed(directory: Path) -> ProcessedData:
@@ -60,7 +63,22 @@ def load_processed(directory: Path) -> ProcessedData:
         n_users=stats["n_users"], n_items=stats["n_items"], max_len=stats["max_len"], stats=stats, **splits
     )
     _validate(directory, data)
+    data.catalogue_sha256 = catalogue_fingerprint(directory / "items.parquet")
     return data
+
+
+def catalogue_fingerprint(items_path: Path) -> str:
+    """sha256 of the items' original ids in model-id order (one per line).
+
+    A checkpoint's item-embedding rows are these items, so two datasets with the same fingerprint can share
+    checkpoints (a length group keeps its parent's catalogue) and two without cannot, even with equal item counts.
+    """
+    try:
+        column = pq.read_table(items_path, columns=["original_id"]).column("original_id")
+    except (pa.ArrowException, KeyError) as exc:
+        raise DataError(f"{items_path}: no readable column 'original_id' ({exc})") from None
+    ids = pc.cast(column, pa.string()).to_pylist()
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
 def prefix_instances(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

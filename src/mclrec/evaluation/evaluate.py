@@ -20,7 +20,7 @@ from mclrec.io import atomic_path, sha256_file, write_json, write_metrics
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import RecBoleFile, encoder_from_recbole_file, item_order_from_tokens, read_recbole_file
 from mclrec.data.instances import eval_instances
-from mclrec.checkpoint import load_checkpoint
+from mclrec.checkpoint import check_catalogue, load_checkpoint
 from mclrec.device import resolve_device
 from mclrec.models.parts import build_parts
 from mclrec.paths import RUN_SUMMARY
@@ -109,9 +109,7 @@ def load_encoder(path: Path, fmt: str, data: ProcessedData, device: torch.device
             raise MclrecError(f"--item-order {item_order} applies to RecBole checkpoints (--checkpoint-format "
                               "recbole); an mclrec checkpoint's rows are in the dataset's item ids")
         meta = load_checkpoint(path)
-        if meta["n_items"] != data.n_items:
-            raise MclrecError(f"{path}: checkpoint was trained with {meta['n_items']} items, "
-                              f"but the dataset has {data.n_items} (checkpoint from another dataset?)")
+        check_catalogue(path, meta, data)
         encoder = build_parts(meta["config"], meta["n_items"]).encoder
         encoder.load_state_dict(meta["modules"]["encoder"])
     else:

@@ -31,8 +31,8 @@ from mclrec.evaluation.ranking import evaluate
 from mclrec.io import atomic_open, remove_stale_temps
 from mclrec.data.instances import eval_instances
 from mclrec.training.early_stopping import judge, stop_reason
-from mclrec.checkpoint import (CheckpointError, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
-                               saved_generator_device)
+from mclrec.checkpoint import (CheckpointError, check_catalogue, load_checkpoint, restore_rng_state, rng_state,
+                               save_checkpoint, saved_generator_device)
 from mclrec.training.distributed import Group, data_fingerprint, dropout_seed, parameters_fingerprint, reduce_step
 from mclrec.training.errors import TrainingError
 from mclrec.training.feed import TrainingFeed, sync_free
@@ -315,6 +315,7 @@ def _payload(cfg: RunConfig, modules: dict, data: ProcessedData, state: RunState
         "modules": modules,
         "n_items": data.n_items,
         "data_stats": data.stats,
+        "catalogue_sha256": data.catalogue_sha256,
         "epoch": state.epoch,
         "state": asdict(state),
         "mclrec_version": __version__,
@@ -355,8 +356,10 @@ def _restore(path: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimise
     over as many processes as it trained on, since each process's dropout stream cannot be split or merged.
     """
     ckpt = load_checkpoint(path)
-    if ckpt["n_items"] != data.n_items:
-        raise TrainingError(f"{path}: checkpoint has {ckpt['n_items']} items, the data has {data.n_items}")
+    try:
+        check_catalogue(path, ckpt, data)
+    except CheckpointError as exc:  # the data changed under the run: incompatible, not a damaged file to fall back from
+        raise TrainingError(f"cannot resume: {exc}") from None
     world_size, trained_over = group.world_size if group else 1, ckpt.get("world_size", 1)
     if trained_over != world_size:
         raise TrainingError(f"{path}: cannot resume, the run trained over {trained_over} process(es) and this one "
