@@ -32,9 +32,9 @@ class CheckpointError(MclrecError):
 def check_catalogue(path: Path, meta: dict[str, Any], data: Any) -> None:
     """Refuse an mclrec checkpoint whose item rows are not `data`'s items (a ProcessedData).
 
-    The item count must match; where the checkpoint records its catalogue (`catalogue_sha256`, written since
-    session 18), the items themselves must too: with another catalogue of the same size every score would
-    belong to another item and nothing else would notice.
+    The item count must match; where the checkpoint records its catalogue (`catalogue_sha256`; older
+    checkpoints do not), the items themselves must too: with another catalogue of the same size every score
+    would belong to another item and nothing else would notice.
     """
     trained_on = meta.get("data_stats", {}).get("dataset")
     origin = f"dataset '{trained_on}'" if trained_on else "another dataset"
