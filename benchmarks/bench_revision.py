@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import VariantRun, machine, sync  # noqa: E402
 
 from mclrec.config import load_params, parse_overrides, run_config  # noqa: E402
-from mclrec.cpu_heap import keep_freed_memory  # noqa: E402
+from mclrec.cpu_heap import keep_freed_memory, use_huge_pages  # noqa: E402
 from mclrec.data.processed import load_processed  # noqa: E402
 from mclrec.paths import processed_dir  # noqa: E402
 from mclrec.training.trainer import train_step  # noqa: E402
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         overrides["batch_size"] = args.batch_size
     cfgs = {v: run_config(load_params(args.params), args.dataset, v, overrides) for v in args.variants}
     keep_freed_memory()  # as the trainer does
+    use_huge_pages()  # as the `mclrec` commands do, before the first tensor
     first = next(iter(cfgs.values()))
     if args.threads or first.num_threads:
         torch.set_num_threads(args.threads or first.num_threads)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mclrec.cpu_heap import heap_state, keep_freed_memory
+from mclrec.cpu_heap import heap_state, huge_pages_state, keep_freed_memory, use_huge_pages
 from mclrec.config import NAIVE_PATH, load_params, parse_overrides, run_config
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.environment import cpu_flags as environment_cpu_flags, cpu_model
@@ -274,7 +274,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": f"{device} ({name})", "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "cpu_heap": heap_state(),
+            "python": platform.python_version(), "cpu_heap": heap_state(), "cpu_huge_pages": huge_pages_state(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = resolve_device(args.device)
     if device.type == "cpu" and not args.heap_defaults:
         keep_freed_memory()  # as the trainer does
+        use_huge_pages()  # as the `mclrec` commands do, before the first tensor
     if args.threads or first.num_threads:
         torch.set_num_threads(args.threads or first.num_threads)
     data = load_processed(args.data_dir)

@@ -12,6 +12,7 @@ import typer
 
 from mclrec import __version__, config, paths
 from mclrec.cli_common import ParamsOpt, err_console, user_errors
+from mclrec.cpu_heap import use_huge_pages
 from mclrec.errors import MclrecError
 
 app = typer.Typer(
@@ -55,6 +56,8 @@ def _main(
                                  help="Print the version and exit."),
 ) -> None:
     """MCLRec and baselines: download, preprocess, train, evaluate."""
+    # before any command makes a tensor: PyTorch's CPU allocator reads this once (mclrec/cpu_heap.py)
+    use_huge_pages()
 
 
 def _add_report_commands() -> None:

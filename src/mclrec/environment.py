@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
-from mclrec.cpu_heap import heap_state
+from mclrec.cpu_heap import heap_state, huge_pages_state
 
 PACKAGES = ("mclrec", "torch", "numpy", "pandas", "pyarrow")
 
@@ -81,5 +81,6 @@ def run_environment(threads: int | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "cpu_heap": heap_state(),
+        "cpu_huge_pages": huge_pages_state(),
         "git": git_state(),
     }
