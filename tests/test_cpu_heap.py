@@ -81,9 +81,15 @@ def test_huge_pages_are_offered_in_the_kernels_always_and_madvise_modes(tmp_path
     assert huge_pages_offered(mode_file) is offered
 
 
+def _without_the_setting(monkeypatch) -> None:
+    """No THP_MEM_ALLOC_ENABLE for the test, and after it the process's own value (or none) again."""
+    monkeypatch.setenv(HUGE_PAGES, "0")  # records the value to restore, which delenv alone does not when unset
+    monkeypatch.delenv(HUGE_PAGES)
+
+
 def test_huge_pages_are_asked_for_unless_the_user_said_otherwise(monkeypatch):
     monkeypatch.setattr(cpu_heap, "huge_pages_offered", lambda: True)
-    monkeypatch.delenv(HUGE_PAGES, raising=False)
+    _without_the_setting(monkeypatch)
     assert use_huge_pages() == "on" and os.environ[HUGE_PAGES] == "1"
     monkeypatch.setenv(HUGE_PAGES, "0")
     assert use_huge_pages() == "off" and os.environ[HUGE_PAGES] == "0"
@@ -94,7 +100,7 @@ def test_huge_pages_are_asked_for_unless_the_user_said_otherwise(monkeypatch):
 
 def test_every_mclrec_command_asks_for_huge_pages_first(monkeypatch):
     monkeypatch.setattr(cpu_heap, "huge_pages_offered", lambda: True)
-    monkeypatch.delenv(HUGE_PAGES, raising=False)
+    _without_the_setting(monkeypatch)
     result = CliRunner().invoke(app, ["show-config", "synthetic", "sasrec"])
     assert result.exit_code == 0, result.output
     assert os.environ[HUGE_PAGES] == "1"
