@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mclrec.cpu_heap import huge_pages_offered
 from mclrec.data.preprocess import preprocess
 from mclrec.data.synth import generate_synthetic
 
@@ -95,12 +96,17 @@ def test_flops_are_counted_on_the_real_step(tiny_processed):
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_bench_heap_smoke(tiny_processed, tmp_path, capsys):
     bench = load_benchmark("bench_heap")
+    offered = huge_pages_offered()
+    arms = list(bench.ARMS) if offered else ["glibc defaults", "kept"]
     result = bench.main(["--dataset", "synthetic", "--data-dir", str(tiny_processed),
-                         "--params", str(ROOT / "params.yaml"), "--variants", "sasrec", "--rounds", "1", "--steps", "2", "--threads", "1",
-                         "--json", str(tmp_path / "heap.json")])
-    assert [row["arm"] for row in result["rows"]] == ["glibc defaults", "kept"]
-    assert [run["heap"] for run in result["runs"]] == ["glibc defaults", "kept"]
-    assert all(row["step_ms"] > 0 and row["faults_per_step"] >= 0 for row in result["rows"])
+                         "--params", str(ROOT / "params.yaml"), "--variants", "sasrec", "--rounds", "1", "--steps", "2",
+                         "--threads", "1", "--arms", *arms, "--json", str(tmp_path / "heap.json")])
+    assert [row["arm"] for row in result["rows"]] == arms
+    assert [run["heap"] for run in result["runs"]] == ["glibc defaults", "kept", "kept"][:len(arms)]
+    huge = ["off", "off", "on"] if offered else ["not offered"] * 2
+    assert [run["huge_pages"] for run in result["runs"]] == huge
+    assert all(row["step_ms"] > 0 and row["faults_per_step"] >= 0 and row["peak_rss_mib"] > 0
+               for row in result["rows"])
     assert "| sasrec | glibc defaults |" in capsys.readouterr().out
     assert json.loads((tmp_path / "heap.json").read_text())["rows"] == result["rows"]
 
