@@ -8,10 +8,11 @@ per MCLRec step on Beauty (docs/performance.md, "The CPU heap"). Raising both th
 process: 1,100 faults and 5 ms. The numbers a run computes do not change; only where its memory comes from.
 
 The faults that remain come from blocks the heap cannot reuse in place (a 12 MB logits tensor whose old place was
-taken by smaller blocks): the kernel faults a fresh block in 4 KiB at a time, about 3,000 faults and 20 ms for one
-logits tensor on a virtual machine. `mclrec` commands therefore also ask PyTorch's CPU allocator to put blocks of 2
-MiB and more on transparent huge pages (`THP_MEM_ALLOC_ENABLE`, read at the allocator's first use, so it is set
-before any tensor exists), where the kernel offers them: 512 times fewer faults for such a block.
+taken by smaller blocks): the kernel faults a fresh block in 4 KiB at a time, up to 3,000 faults and 20 ms for
+one logits tensor on a virtual machine. `mclrec` commands therefore also ask PyTorch's CPU allocator to put blocks
+of 2 MiB and more on transparent huge pages (`THP_MEM_ALLOC_ENABLE`, read at the allocator's first use, so it is
+set before any tensor exists), where the kernel offers them: one fault per 2 MiB page it can give instead of 512
+(86% fewer faults per MCLRec step on Beauty; docs/performance.md).
 """
 
 from __future__ import annotations
