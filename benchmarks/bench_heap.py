@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import VariantRun, cpu_flags  # noqa: E402
 
 from mclrec.config import load_params, run_config  # noqa: E402
-from mclrec.cpu_heap import (HUGE_PAGES, USER_SETTINGS, heap_state, huge_pages_offered,  # noqa: E402
-                             huge_pages_state, keep_freed_memory)
+from mclrec.cpu_heap import (HUGE_PAGES, THP_MODE, USER_SETTINGS, heap_state,  # noqa: E402
+                             huge_pages_offered, huge_pages_state, keep_freed_memory)
 from mclrec.data.processed import load_processed  # noqa: E402
 from mclrec.environment import cpu_model  # noqa: E402
 from mclrec.paths import processed_dir  # noqa: E402
@@ -64,7 +64,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def _thp_mode() -> str:
     """The kernel's transparent huge page mode, e.g. "always [madvise] never", or "n/a"."""
     try:
-        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+        return THP_MODE.read_text().strip()
     except OSError:
         return "n/a"
 
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}  # the arms set the heap, not the caller
     if "kept, huge pages" in args.arms and not huge_pages_offered():
-        raise SystemExit("this kernel offers no transparent huge pages (/sys/kernel/mm/transparent_hugepage/enabled): "
-                         "leave out the arm 'kept, huge pages'")
+        raise SystemExit(f"this kernel offers no transparent huge pages ({THP_MODE}): leave out the arm "
+                         "'kept, huge pages'")
     common = ["--dataset", args.dataset, "--params", str(args.params), "--steps", str(args.steps)]
     common += ["--data-dir", str(args.data_dir)] if args.data_dir else []
     common += ["--threads", str(args.threads)] if args.threads else []
