@@ -111,6 +111,14 @@ def test_bench_heap_smoke(tiny_processed, tmp_path, capsys):
     assert json.loads((tmp_path / "heap.json").read_text())["rows"] == result["rows"]
 
 
+def test_bench_heap_refuses_the_huge_page_arm_where_the_kernel_offers_none(tiny_processed, monkeypatch):
+    bench = load_benchmark("bench_heap")
+    monkeypatch.setattr(bench, "huge_pages_offered", lambda: False)
+    with pytest.raises(SystemExit, match="offers no transparent huge pages .*leave out the arm 'kept, huge pages'"):
+        bench.main(["--dataset", "synthetic", "--data-dir", str(tiny_processed), "--params", str(ROOT / "params.yaml"),
+                    "--variants", "sasrec", "--rounds", "1", "--steps", "1"])
+
+
 def test_bench_processes_smoke(tiny_processed, tmp_path, capsys):
     bench = load_benchmark("bench_processes")
     arms = ["nproc=1 num_threads=1", "nproc=2 num_threads=1"]
