@@ -6,9 +6,14 @@ import sys
 import time
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from mclrec.cli import app
 from mclrec.errors import MclrecError
 from mclrec.gpu_slots import choose_gpu, claim, claim_for_this_process, held_slots
+
+from .conftest import ROOT
 
 GPUS = ["0", "1", "2"]
 
@@ -72,3 +77,24 @@ def test_processes_hold_slots_until_they_end(tmp_path):
 def test_no_gpu_means_no_claim(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert claim_for_this_process(2, tmp_path) is None
+
+
+@pytest.mark.parametrize("how", ["--nproc", "--set", "params", "torchrun"])
+def test_slots_refused_for_a_training_over_several_processes(tmp_path, monkeypatch, how):
+    """However nproc > 1 is asked for (flag, --set, params.yaml, torchrun's WORLD_SIZE), MCLREC_GPU_SLOTS is refused
+    with a message naming it, before a slot is claimed or data is read."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if how == "params":
+        params["train"]["nproc"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    args = ["train", "-d", "synthetic", "-m", "mclrec", "--params", str(path), "--out", str(tmp_path / "run")]
+    args += {"--nproc": ["--nproc", "2"], "--set": ["--set", "nproc=2"]}.get(how, [])
+    env = {"MCLREC_GPU_SLOTS": "2"}
+    if how == "torchrun":
+        env["WORLD_SIZE"] = "2"
+    monkeypatch.setattr("mclrec.gpu_slots.claim_for_this_process", lambda *a, **k: pytest.fail("slot claimed"))
+    res = CliRunner().invoke(app, args, env=env)
+    assert res.exit_code == 1, res.output
+    assert "MCLREC_GPU_SLOTS" in res.output and "runs over 2 processes" in res.output
+    assert not (tmp_path / "run").exists()

@@ -215,20 +215,25 @@ def train(
         launched = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of torchrun's processes
         if launched > 1 and nproc not in (None, launched):
             raise MclrecError(f"--nproc {nproc}, but torchrun started {launched} processes (WORLD_SIZE)")
-        if gpu_slots and (launched > 1 or (nproc or 1) > 1):
-            raise MclrecError("--gpu-slots (MCLREC_GPU_SLOTS) shares one GPU between trainings; a training over "
-                              "several processes takes one GPU per process: unset it")
+        overrides = config.parse_overrides(set_)
+        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs), ("nproc", nproc)):
+            if value is not None:
+                overrides[key] = value
+        loaded = config.load_params(params)
         if gpu_slots:
+            # nproc as params.yaml, the variant or --set give it, read without torch: the slot must be claimed
+            # (CUDA_VISIBLE_DEVICES narrowed) before anything asks CUDA for its devices
+            settings = config.resolve_run(loaded, dataset, variant, overrides)
+            if launched > 1 or settings["nproc"] > 1:
+                raise MclrecError(f"--gpu-slots (MCLREC_GPU_SLOTS) shares one GPU between trainings, but this training "
+                                  f"runs over {max(launched, settings['nproc'])} processes, one GPU each: unset "
+                                  f"MCLREC_GPU_SLOTS or train with nproc 1")
             from mclrec.gpu_slots import claim_for_this_process
 
             _slot = claim_for_this_process(gpu_slots)  # noqa: F841 - the lock is held until this process ends
         if deterministic:
             enable_determinism()
-        overrides = config.parse_overrides(set_)
-        for key, value in (("seed", seed), ("device", device), ("max_epochs", max_epochs), ("nproc", nproc)):
-            if value is not None:
-                overrides[key] = value
-        cfg = config.run_config(config.load_params(params), dataset, variant, overrides)
+        cfg = config.run_config(loaded, dataset, variant, overrides)
         if launched > 1:
             if cfg.nproc not in (1, launched):
                 raise MclrecError(f"nproc is {cfg.nproc} (params.yaml or --set), but torchrun started {launched} "
