@@ -69,7 +69,8 @@ class _PairLosses(Function):
 
     L_con (Eq. 8) = mean_i [logsumexp_{j != i} sim_ij - sim_{i, partner(i)}]. R (Eq. 11-13), as
     losses.margin_from_scores: hardest_i = max over the 2B - 2 negatives, o_min / o_max the min / max of it and the
-    positive, R = mean_i [pos_i - o_min_i]_+ + sum_i sum_negatives [o_max_i - sim_ij]_+ / (2B (2B - 2)).
+    positive (Eq. 12 row by row, as the published code),
+    R = mean_i [pos_i - o_min_i]_+ + sum_i sum_negatives [o_max_i - sim_ij]_+ / (2B (2B - 2)).
     Gradients as autograd takes them through max (to the arg max), minimum / maximum (split in halves at a tie) and
     relu (none at 0).
     """

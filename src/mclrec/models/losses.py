@@ -57,7 +57,9 @@ def exclusion_offsets(excluded: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float = 1.0, rows: Rows | None = None, fused: bool = False) -> Tensor:
-    """L_con(a, b) (Eq. 8): cross-entropy of each row's positive against its 2B-2 negatives, mean over 2B rows.
+    """L_con(a, b) (Eq. 8): cross-entropy of each row's positive against its 2B-2 negatives, mean over 2B rows (Eq. 8
+    sums both directions of a pair; the mean over the 2B rows, as the published code takes it, is half that sum
+    averaged over the B pairs).
 
     The softmax of row i runs over every column but i (its positive and negatives), so the loss is
     logsumexp over those columns minus the positive score. With `rows` (a and b hold the whole batch): the share of
@@ -106,7 +108,8 @@ def nce_from_scores(sim: Tensor, pos: Tensor, self_offset: Tensor) -> Tensor:
 
 def cl2_and_reg(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor, with_reg: bool = True,
                 rows: Rows | None = None, fused: bool = False) -> tuple[Tensor, Tensor | None]:
-    """L_cl2 (Eq. 9) and, if asked, R summed over the same three pairs (h1, z2), (h2, z1), (z1, z2).
+    """L_cl2 (Eq. 9) and, if asked, R summed over the same three pairs (h1, z2), (h2, z1), (z1, z2), as the published
+    code does (the paper's Eq. 11 takes R's scores from (z1, z2) only).
 
     Each pair's score matrix is computed once and shared by both losses; the exclusion offsets by all three pairs.
     With `rows` (the tensors hold the whole batch): the share of those rows (see info_nce). `fused` (one process
@@ -152,7 +155,8 @@ def margin_regulariser(a: Tensor, b: Tensor) -> Tensor:
     """Contrastive regularisation R for one view pair (Eq. 11-13), as the published code computes it.
 
     sigma+, sigma- = pair_scores(a, b) (Eq. 11), row by row over the 2B rows: one positive and 2B-2 negatives each.
-    Per row, o_min = min(min(sigma+), max(sigma-)) and o_max = max(min(sigma+), max(sigma-)) (Eq. 12); they are not
+    Per row, o_min = min(min(sigma+), max(sigma-)) and o_max = max(min(sigma+), max(sigma-)): Eq. 12 taken row by
+    row as the published code does (the paper's sets sigma+ and sigma- would give one o_min and o_max); they are not
     detached, so gradients also flow through the selected min/max scores. R = mean over the 2B positives of
     [sigma+ - o_min]_+ plus mean over the 2B(2B-2) negatives of [o_max - sigma-]_+ (Eq. 13).
     """
@@ -185,7 +189,8 @@ def row_margin(sim: Tensor, pos: Tensor, excluded_offset: Tensor) -> Tensor:
 
 
 def reg_loss(h1: Tensor, h2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
-    """R summed over the pairs of L_cl2: (h1, z2), (h2, z1), (z1, z2); unweighted (the caller applies gamma)."""
+    """R (Eq. 11-13) summed over the pairs of L_cl2: (h1, z2), (h2, z1), (z1, z2), as the published code does;
+    unweighted (the caller applies the weight)."""
     return margin_regulariser(h1, z2) + margin_regulariser(h2, z1) + margin_regulariser(z1, z2)
 
 

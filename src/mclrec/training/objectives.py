@@ -4,8 +4,9 @@ sasrec:  L = L_rec                                   (ce, or bpr with one sample
                                                      SASRec objective at every position of a user's sequence)
 cl4srec: L = L_rec + lambda_cl1 * info_nce(h1, h2)   (two stochastic views)
 duorec:  L = L_rec + lambda_sem * info_nce(h', hs)   (dropout view, same-target positive)
-mclrec:  L0 = L_rec + lambda_cl1 * L_cl1 + beta * (L_cl2 + reg_weight * R)       (Eq. 14)
-         L_aug = L_cl2 + reg_weight * R  (the augmenters' loss in the meta schedule)
+mclrec:  L0 = L_rec + lambda_cl1 * L_cl1 + beta * (L_cl2 + reg_weight * R)       (Eq. 14: the paper's
+         gamma R is beta * reg_weight * R, its gamma = 0.1 beta of Sec. 4.1.4 with reg_weight 0.1)
+         L1 = L_cl2 + reg_weight * R  (Eq. 15, the augmenters' loss; reg_weight as the published code, not 0.1 beta)
 
 A batch split over several processes (Batch.shard set) gives each its share of these losses (models/losses.py):
 the contrastive terms see the whole batch's encodings, gathered with their gradients (training/shards.py).
@@ -179,9 +180,11 @@ def duorec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torc
 
 
 def mclrec_loss(cfg: RunConfig, parts: ModelParts, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-    """MCLRec's L0 (Eq. 14): L_rec + lambda * L_cl1 + beta * (L_cl2 + gamma * R), gamma = reg_weight.
+    """MCLRec's L0 (Eq. 14): L_rec + lambda * L_cl1 + beta * (L_cl2 + reg_weight * R), the paper's gamma being
+    beta * reg_weight (Sec. 4.1.4: gamma = 0.1 beta).
 
-    L_cl1 = L_con(h1, h2) (Eq. 8); L_cl2 and R (Eq. 9-13) contrast h1, h2 with z1 = w1(h1), z2 = w2(h2). Without
+    L_cl1 = L_con(h1, h2) (Eq. 7, 8); L_cl2 (Eq. 9) and R (Eq. 11-13) contrast h1, h2 with z1 = w1(h1), z2 = w2(h2)
+    (Eq. 5). Without
     augmenters (cl2: false) there is no L_cl2 and no R, and L0 is CL4SRec's loss.
     On a shard, h1 and h2 are gathered once; the augmenters (row by row) then map the whole batch's views.
     """
@@ -206,7 +209,8 @@ ENCODER_LOSSES = {"sasrec": sasrec_loss, "cl4srec": cl4srec_loss, "duorec": duor
 
 
 def augmenter_loss(cfg: RunConfig, parts: ModelParts, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-    """L1 = L_cl2 + gamma * R (Eq. 15), the augmenters' loss; the encoder re-encodes the views without autograd."""
+    """L1 = L_cl2 + reg_weight * R (Eq. 10, 15; the published code's weight reg_weight = 0.1 where the paper writes
+    gamma = 0.1 beta), the augmenters' loss; the encoder re-encodes the views without autograd."""
     with torch.no_grad():
         h1, h2 = encode_views(cfg, parts.encoder, batch.view1, batch.view2)
         if batch.shard is not None:
@@ -216,7 +220,8 @@ def augmenter_loss(cfg: RunConfig, parts: ModelParts, batch: Batch) -> tuple[Ten
 
 def _augmented_terms(cfg: RunConfig, parts: ModelParts, h1: Tensor, h2: Tensor,
                      rows: Rows | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_cl2 (Eq. 9) plus gamma * R (Eq. 11-13, gamma = reg_weight) on z1 = w1(h1), z2 = w2(h2) (Eq. 5-7);
+    """L_cl2 (Eq. 9) plus reg_weight * R on z1 = w1(h1), z2 = w2(h2) (Eq. 5). R is Eq. 11-13 on each of L_cl2's
+    three pairs, summed, as the published code computes it (the paper's Eq. 11 contrasts z1 with z2 only);
     `rows`: h1, h2 hold the whole batch and these rows' share is computed."""
     z1, z2 = parts.augmenter1(h1), parts.augmenter2(h2)
     cl2, reg = cl2_and_reg(h1, h2, z1, z2, with_reg=cfg.reg, rows=rows, fused=cfg.fused_losses)

@@ -251,18 +251,18 @@ def joint_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch,
 
 def mclrec_step(cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, batch, generator,
                 checks: FiniteChecks) -> dict[str, torch.Tensor]:
-    """MCLRec's meta-optimised updates of one batch (Sec. 3.3, Algorithm 1).
+    """MCLRec's meta-optimised updates of one batch (Sec. 3.2, Algorithm 1; R: Sec. 3.3).
 
     meta (default) runs steps 1-3, as the published code's trainer does; paper runs steps 1-2, as Algorithm 1
     writes it. Each step zeroes every gradient, so a step moves only the parameters its optimiser holds; on a
     shard, each step sums over the processes the gradients of exactly the parameters it moves (_apply).
     """
-    # Step 1 (Alg. 1 lines 3-4): L0 = L_rec + lambda L_cl1 + beta (L_cl2 + gamma R) (Eq. 14); theta moves,
+    # Step 1 (Alg. 1 lines 3-5): L0 = L_rec + lambda L_cl1 + beta (L_cl2 + reg_weight R) (Eq. 14); theta moves,
     # the augmenters phi1, phi2 stay fixed.
     loss, terms = encoder_loss(cfg, parts, batch, generator)
     logged = _detached(_apply(loss, terms, "encoder", optimisers, optimisers.encoder, checks, batch.shard))
-    # Step 2 (Alg. 1 lines 6-9): the updated encoder theta' re-encodes the views without gradient;
-    # L1 = L_cl2 + gamma R (Eq. 9-13, 15); phi1 and phi2 move, theta stays fixed.
+    # Step 2 (Alg. 1 lines 8-11): the updated encoder theta' re-encodes the views without gradient;
+    # L1 = L_cl2 + reg_weight R (Eq. 9, 11-13, 15); phi1 and phi2 move, theta stays fixed.
     aug_loss, _ = augmenter_loss(cfg, parts, batch)
     aug_terms = _apply(aug_loss, {"augmenter": aug_loss}, "augmenter", optimisers, optimisers.augmenter, checks,
                        batch.shard)
