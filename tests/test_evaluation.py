@@ -157,6 +157,7 @@ class ForeignConfig:
 
 @pytest.mark.parametrize("content,fmt,message", [
     (b"garbage\n", "mclrec", "unreadable checkpoint (truncated or corrupt?): Unsupported operand"),
+    (b"hello\n", "mclrec", "unreadable checkpoint (truncated or corrupt?): KeyError"),
     (b"", "mclrec", "empty checkpoint file"),
     ("foreign", "mclrec", "it pickles tests.test_evaluation.ForeignConfig, and only tensors and plain containers are "
                           "loaded (a RecBole checkpoint? evaluate and recommend read those with --checkpoint-format "
