@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,9 +141,24 @@ def test_load_processed_roundtrip(processed):
     assert data.test.targets.tolist() == [5, 6, 2] and data.valid.users.dtype == np.int64
 
 
-def test_load_processed_missing_file(processed):
+def test_load_processed_missing_file(processed, tmp_path):
+    """The hint names the dataset for data/processed/<dataset>, and the folder (--out) for any other folder."""
     (processed / "valid.parquet").unlink()
-    with pytest.raises(DataError, match=r"valid\.parquet: processed file missing; run `mclrec preprocess small`"):
+    with pytest.raises(DataError, match=r"valid\.parquet: processed file missing; run `mclrec preprocess DATASET "
+                                        rf"--out {re.escape(str(processed))}` first"):
+        load_processed(processed)
+    default = tmp_path / "data" / "processed" / "small"
+    default.parent.mkdir(parents=True)
+    processed.rename(default)
+    with pytest.raises(DataError, match=r"valid\.parquet: processed file missing; run `mclrec preprocess small` first"):
+        load_processed(default)
+
+
+@pytest.mark.parametrize("table", ["items", "users"])
+def test_load_processed_corrupt_id_table_names_the_file(processed, table):
+    path = processed / f"{table}.parquet"
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match=rf"{table}\.parquet: not a readable Parquet file"):
         load_processed(processed)
 
 

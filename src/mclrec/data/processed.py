@@ -54,9 +54,10 @@ def load_processed(directory: Path) -> ProcessedData:
     directory = Path(directory)
     missing = [name for name in REQUIRED if not (directory / name).is_file()]
     if missing:
-        raise DataError(
-            f"{directory / missing[0]}: processed file missing; run `mclrec preprocess {directory.name}` first"
-        )
+        # data/processed/<dataset> is named after its dataset; another folder (--data-dir) is not
+        command = (f"mclrec preprocess {directory.name}" if directory.parent.name == "processed"
+                   else f"mclrec preprocess DATASET --out {directory}")
+        raise DataError(f"{directory / missing[0]}: processed file missing; run `{command}` first")
     stats = _read_stats(directory / "stats.json")
     splits = {name: _read_split(directory / f"{name}.parquet") for name in SPLITS}
     data = ProcessedData(
@@ -185,7 +186,10 @@ def _validate(directory: Path, data: ProcessedData) -> None:
 
 def _validate_id_table(path: Path, key: str, expected: int) -> None:
     """items.parquet / users.parquet: exactly `expected` rows whose `key` column is 1..expected in order."""
-    rows = pq.read_metadata(path).num_rows
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     if rows != expected:
         raise DataError(f"{path}: {rows} rows but stats.json n_{key}s={expected}")
     try:
