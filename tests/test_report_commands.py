@@ -55,15 +55,19 @@ def test_curves_of_the_reference_runs_read_their_committed_logs(tmp_path, monkey
         folder.mkdir(parents=True, exist_ok=True)
         records = [{"epoch": e, "loss": {"rec": 5 - e}, "valid": {"MRR@10": 0.1 * e}} for e in range(1, last + 1)]
         (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # the epoch training chose (the official rule compares at 4 decimals), not the log's unrounded maximum
+    (ref / "mclrec" / "summary.json").write_text(json.dumps({"best_epoch": 2}))
     seen = {}
     monkeypatch.setattr(figures, "plot_training_curves",
-                        lambda runs, title, path, metric: seen.update(runs=runs, path=path, metric=metric))
+                        lambda runs, title, path, metric, best: seen.update(runs=runs, path=path, metric=metric,
+                                                                            best=best))
     args = ["report", "curves", "synthetic", "mclrec", "--params", _params(tmp_path, [0, 1, 2]),
             "--reference", str(tmp_path / "reference"), "--out", str(tmp_path / "curves")]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert {label: len(records) for label, records in seen["runs"].items()} == {"seed 0": 3, "seed 1": 0, "seed 2": 5}
     assert seen["path"] == tmp_path / "curves" / "synthetic" / "mclrec.png" and seen["metric"] == "MRR@10"
+    assert seen["best"] == {"seed 0": 2, "seed 1": None, "seed 2": None}
 
 
 def test_aggregate_reads_exactly_the_study_seeds(tmp_path):

@@ -47,6 +47,8 @@ def test_training_curves_overlay_seeds(tmp_path, placeholders):
     runs = {"seed 0": log(0), "seed 1": log(1), "seed 2": []}
     figures.plot_training_curves(runs, "beauty / mclrec", tmp_path / "c.png")
     assert_png(tmp_path / "c.png")
+    figures.plot_training_curves(runs, "beauty / mclrec", tmp_path / "b.png", best={"seed 0": 2, "seed 1": None})
+    assert_png(tmp_path / "b.png")
     figures.plot_training_curves({"seed 0": []}, "beauty / mclrec", tmp_path / "empty.png")
     assert_png(tmp_path / "empty.png")
     assert placeholders == [tmp_path / "empty.png"]
@@ -94,3 +96,15 @@ def test_noise_and_groups(tmp_path, placeholders):
     figures.plot_groups({"mclrec": rec(0.05)}, tmp_path / "fig8-empty.png")
     assert placeholders == [tmp_path / "fig7-empty.png", tmp_path / "fig8-empty.png"]
     assert_png(tmp_path / "fig8-empty.png")
+
+
+def test_training_curves_mark_the_epoch_training_chose(tmp_path, monkeypatch):
+    """The dotted line stands at summary.json's best epoch where given, else at the metric's maximum."""
+    figs = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path: figs.append(fig))
+    records = [{"epoch": e, "loss": {"rec": 1.0}, "valid": {"MRR@10": v}}
+               for e, v in enumerate([0.01, 0.02330, 0.02328, 0.02334], start=1)]
+    for best, expected in (({"seed 0": 2}, 2), (None, 4)):
+        figures.plot_training_curves({"seed 0": records}, "t", tmp_path / "c.png", best=best)
+        lines = [line for line in figs[-1].axes[-1].get_lines() if line.get_linestyle() == ":"]
+        assert [line.get_xdata()[0] for line in lines] == [expected]

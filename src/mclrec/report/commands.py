@@ -226,6 +226,13 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def read_best_epoch(path: Path) -> int | None:
+    """The best epoch a finished training chose (summary.json's best_epoch); None while it has no summary."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("best_epoch")
+
+
 @report_app.command()
 def curves(
     dataset: str = typer.Argument(..., help="Dataset name."),
@@ -249,8 +256,9 @@ def curves(
         else:
             folders = {k: reference_paths(reference / dataset, variant, k)[1] for k in seeds}
         runs = {f"seed {k}": read_log(folder / paths.RUN_LOG) for k, folder in folders.items()}
+        best = {f"seed {k}": read_best_epoch(folder / paths.RUN_SUMMARY) for k, folder in folders.items()}
         figures.plot_training_curves(runs, f"{dataset} / {variant}: training curves", out / dataset / f"{variant}.png",
-                                     metric=params_dict["train"]["valid_metric"])
+                                     metric=params_dict["train"]["valid_metric"], best=best)
 
 
 @report_app.command()

@@ -87,8 +87,11 @@ def loss_components(runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], title: str, path: str | os.PathLike,
-                         metric: str = "MRR@10") -> None:
-    """A panel per loss component plus validation `metric`, by epoch; a line per run (seed), best epochs dotted."""
+                         metric: str = "MRR@10", best: Mapping[str, int | None] | None = None) -> None:
+    """A panel per loss component plus validation `metric`, by epoch; a line per run (seed), best epochs dotted.
+
+    best: each run's best epoch as its training chose it (summary.json; the official rule compares the metric at 4
+    decimals, so a later epoch can be higher unrounded); a run without one is marked at the metric's maximum."""
     runs = {label: records for label, records in runs.items() if records}
     if not runs:
         plot_no_runs(path, title)
@@ -102,8 +105,11 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], title:
             ax.plot(epochs, losses, marker=".", color=f"C{i}", label=label)
         valid = np.array([r.get("valid", {}).get(metric, math.nan) for r in records], dtype=float)
         axes[-1].plot(epochs, valid, marker=".", color=f"C{i}", label=label)
-        if not np.all(np.isnan(valid)):
-            axes[-1].axvline(epochs[int(np.nanargmax(valid))], color=f"C{i}", linestyle=":", alpha=0.7)
+        chosen = (best or {}).get(label)
+        if chosen is None and not np.all(np.isnan(valid)):
+            chosen = epochs[int(np.nanargmax(valid))]
+        if chosen is not None:
+            axes[-1].axvline(chosen, color=f"C{i}", linestyle=":", alpha=0.7)
     for ax, name in zip(axes, components):
         ax.set(xlabel="epoch", ylabel="epoch mean", title=f"loss: {name}")
     axes[-1].set(xlabel="epoch", ylabel=metric, title=f"validation {metric} (dotted: best epoch)")
