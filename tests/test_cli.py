@@ -168,3 +168,14 @@ def test_lock_file_pins_every_declared_dependency():
             pinned[package.lower().replace("_", "-")] = version
     assert declared <= set(pinned), sorted(declared - set(pinned))
     assert all(pinned.values())  # exact versions only
+
+
+@pytest.mark.parametrize("command", [["train", "-d", "synthetic", "-m", "sasrec"],
+                                     ["evaluate", "-d", "synthetic", "-m", "sasrec"],
+                                     ["recommend", "-d", "synthetic", "-m", "sasrec", "--user", "1"]])
+def test_an_unknown_device_is_a_one_line_error(command, tmp_path, monkeypatch):
+    """Refused before any data or checkpoint is read (none exists here), as `--set device=bogus` is."""
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, command + ["--device", "bogus", "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "device 'bogus': expected auto, cpu, cuda, cuda:N or mps" in res.output

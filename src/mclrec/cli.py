@@ -13,6 +13,7 @@ import typer
 from mclrec import __version__, config, paths
 from mclrec.cli_common import ParamsOpt, err_console, user_errors
 from mclrec.cpu_heap import use_huge_pages
+from mclrec.device import check_device_name
 from mclrec.errors import MclrecError
 
 app = typer.Typer(
@@ -294,6 +295,7 @@ def evaluate(
     from mclrec.evaluation.evaluate import evaluate_run, write_results
 
     with user_errors():
+        check_device_name(device)  # before any data or checkpoint is read
         params_dict = config.load_params(params)
         config.dataset_spec(params_dict, dataset)
         if published is not None:
@@ -385,6 +387,7 @@ def recommend(
                                   write_recommendations)
 
     with user_errors():
+        check_device_name(device)  # before any data or checkpoint is read
         params_dict = config.load_params(params)
         config.dataset_spec(params_dict, dataset)
         chosen = sum(bool(x) for x in (user, users_file, all_users, items is not None))

@@ -4,6 +4,7 @@ determinism switch."""
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 from mclrec.errors import MclrecError
@@ -14,11 +15,21 @@ if TYPE_CHECKING:  # torch is imported lazily: the Snakefile reads this module w
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
+DEVICE_NAMES = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")  # params.schema.yaml's pattern for `device`
+
+
+def check_device_name(name: str) -> str:
+    """`name` if it is a device setting (auto, cpu, cuda, cuda:N, mps), else a one-line MclrecError."""
+    if not DEVICE_NAMES.match(str(name)):
+        raise MclrecError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else CPU; anything else is passed to torch."""
+    """`auto` picks CUDA when available, else CPU; cpu, cuda, cuda:N and mps are passed to torch."""
     import torch
 
-    if name == "auto":
+    if check_device_name(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
