@@ -179,3 +179,11 @@ def test_an_unknown_device_is_a_one_line_error(command, tmp_path, monkeypatch):
     res = runner.invoke(app, command + ["--device", "bogus", "--params", str(ROOT / "params.yaml")])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "device 'bogus': expected auto, cpu, cuda, cuda:N or mps" in res.output
+
+
+def test_heads_that_do_not_divide_the_hidden_size_are_a_settings_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["train", "-d", "synthetic", "-m", "sasrec", "--set", "n_heads=3",
+                              "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "run synthetic/sasrec: hidden_size 64 is not a multiple of n_heads 3" in " ".join(res.output.split())

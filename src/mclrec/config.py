@@ -281,5 +281,8 @@ def resolve_run(params: dict, dataset: str, variant: str, overrides: dict | None
     if settings["loss"] == "bce" and model != "sasrec":
         raise ConfigError(f"params.yaml: variants.{variant}: loss 'bce' (the original SASRec objective, trained on whole "
                           f"sequences) is available for model 'sasrec' only, not '{model}'")
+    if settings["hidden_size"] % settings["n_heads"]:
+        raise ConfigError(f"run {dataset}/{variant}: hidden_size {settings['hidden_size']} is not a multiple of n_heads "
+                          f"{settings['n_heads']} (each attention head takes hidden_size / n_heads dimensions)")
     return settings
 
