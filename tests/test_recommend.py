@@ -64,6 +64,14 @@ def test_top_k_is_the_best_scored_items_and_excludes_seen_on_request(tiny, tiny_
         seen = set(catalogue.item_labels[items[offsets[u - 1]:offsets[u]] - 1])
         rows = excluded[excluded["user"] == catalogue.user_labels[u - 1]]
         assert len(rows) == 5 and not seen & set(rows["item"]) and rows["score"].is_monotonic_decreasing
+    # k beyond the catalogue: every unseen item, ranked, and none of the seen ones (never recommended, not even last)
+    everything = recommend_users(encoder, tiny, catalogue, users[:3], tiny.n_items + 5, torch.device("cpu"),
+                                 exclude_seen=True)
+    for u in users[:3]:
+        seen = set(catalogue.item_labels[items[offsets[u - 1]:offsets[u]] - 1])
+        rows = everything[everything["user"] == catalogue.user_labels[u - 1]]
+        assert set(rows["item"]) == set(catalogue.item_labels) - seen
+        assert rows["rank"].tolist() == list(range(1, len(rows) + 1)) and np.isfinite(rows["score"]).all()
 
 
 def _cli(run, tiny_dir, *args):

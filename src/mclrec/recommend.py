@@ -151,10 +151,13 @@ def recommend_sequence(encoder: SASRecEncoder, data: ProcessedData, catalogue: C
 
 
 def _frame(user_labels: np.ndarray, ids: np.ndarray, scores: np.ndarray, catalogue: Catalogue) -> pd.DataFrame:
-    """Long format: user, rank (1..k), item (original id), score."""
+    """Long format: user, rank (1..k), item (original id), score. Excluded (seen) items score -inf and sort last:
+    they are dropped, so a user with fewer than k unseen items gets fewer than k rows."""
     n, k = ids.shape
-    return pd.DataFrame({"user": np.repeat(user_labels, k), "rank": np.tile(np.arange(1, k + 1), n),
-                         "item": catalogue.item_labels[ids.ravel() - 1], "score": scores.ravel()})
+    frame = pd.DataFrame({"user": np.repeat(user_labels, k), "rank": np.tile(np.arange(1, k + 1), n),
+                          "item": catalogue.item_labels[ids.ravel() - 1], "score": scores.ravel()})
+    allowed = scores.ravel() != -np.inf
+    return frame if allowed.all() else frame[allowed].reset_index(drop=True)
 
 
 def write_recommendations(frame: pd.DataFrame, path: Path) -> None:
