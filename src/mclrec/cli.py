@@ -368,7 +368,9 @@ def recommend(
     all_users: bool = typer.Option(False, "--all-users", help="Every user of the dataset."),
     items: Optional[str] = typer.Option(None, help="An ad-hoc sequence of original item ids, oldest first, comma-separated."),
     k: int = typer.Option(10, "--k", min=1, help="Items per user."),
-    exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Never recommend an item the user already had (fewer than k rows where fewer are left)."),
+    exclude_seen: bool = typer.Option(
+        False, "--exclude-seen", help="Never recommend an item the user already had (fewer than k rows where fewer "
+                                      "are left)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write .csv, .jsonl or .parquet (user, rank, item, score); default: CSV on stdout."),
     params: Path = ParamsOpt,
