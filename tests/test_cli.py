@@ -187,3 +187,12 @@ def test_heads_that_do_not_divide_the_hidden_size_are_a_settings_error(tmp_path,
                               "--params", str(ROOT / "params.yaml")])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "run synthetic/sasrec: hidden_size 64 is not a multiple of n_heads 3" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("ratio", ["1.5", "-0.1"])
+def test_a_noise_ratio_outside_0_1_is_refused(ratio, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["evaluate", "-d", "synthetic", "-m", "sasrec", "--noise", ratio,
+                              "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"--noise {float(ratio)}: a noise ratio is in (0, 1]" in " ".join(res.output.split())

@@ -296,6 +296,10 @@ def evaluate(
 
     with user_errors():
         check_device_name(device)  # before any data or checkpoint is read
+        wrong = [r for r in noise or () if not 0 <= r <= 1]
+        if wrong:
+            raise MclrecError(f"--noise {wrong[0]}: a noise ratio is in (0, 1] (random items inserted per item of "
+                              "the sequence, as evaluate.noise), or 0 for none")
         params_dict = config.load_params(params)
         config.dataset_spec(params_dict, dataset)
         if published is not None:
