@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -104,3 +105,28 @@ def test_an_unknown_figure_lists_each_name_with_its_paper_figure(tmp_path):
     assert res.exit_code == 1 and "unknown figure '3'" in message
     assert "joint_vs_meta (Fig. 3)" in message and "grid-<dataset> (Fig. 6)" in message
     assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("damage", ["json", "ranks", "seeds"])
+def test_aggregate_of_bad_seed_files_names_them_and_keeps_the_old_aggregate(tmp_path, damage):
+    run_dir = tmp_path / "results" / "synthetic" / "mclrec"
+    for seed, ndcg in ((0, 0.1), (1, 0.2)):
+        _seed_result(run_dir / f"seed{seed}.json", seed, ndcg)
+    out = tmp_path / "results" / "aggregate" / "synthetic" / "mclrec.json"
+    out.parent.mkdir(parents=True)
+    out.write_text("{\"old\": true}\n")
+    if damage == "json":
+        (run_dir / "seed1.json").write_text('{"test": ')
+        named = run_dir / "seed1.json"
+    elif damage == "ranks":
+        for seed in (0, 1):
+            np.save(run_dir / f"seed{seed}.ranks.npy", np.arange(1, 6))
+        (run_dir / "seed1.ranks.npy").write_bytes((run_dir / "seed1.ranks.npy").read_bytes()[:20])
+        named = run_dir / "seed1.ranks.npy"
+    else:
+        _seed_result(run_dir / "seed1.json", 0, 0.2)  # two files of seed 0
+        named = run_dir / "seed1.json"
+    res = runner.invoke(app, ["report", "aggregate", str(run_dir), str(out), "--params", _params(tmp_path, [0, 1])])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert str(named) in "".join(res.output.split())  # the console may wrap the message
+    assert out.read_text() == "{\"old\": true}\n"

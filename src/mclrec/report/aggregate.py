@@ -11,14 +11,25 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from mclrec.errors import MclrecError
 from mclrec.io import atomic_open, write_json, write_metrics
 
 Nested = Mapping[str, Mapping[str, float]]
 
 
+class AggregateError(MclrecError, ValueError):
+    """Seed results that cannot be aggregated (unreadable, or not seeds of one run); the message names the files."""
+
+
 def load_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
     """The results JSON documents at `paths`, in the given order."""
-    return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AggregateError(f"{path}: not a readable results JSON ({exc})") from None
+    return records
 
 
 def summarise(values: Sequence[float]) -> dict[str, Any]:
@@ -61,14 +72,16 @@ def _mean_or_none(values: Sequence[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
-def _check_same_run(records: Sequence[Mapping[str, Any]]) -> None:
-    """Raise ValueError unless the records share dataset and variant and have distinct seeds."""
+def _check_same_run(records: Sequence[Mapping[str, Any]], paths: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise AggregateError (naming `paths`) unless the records share dataset and variant and have distinct seeds."""
+    files = f" ({', '.join(map(str, paths))})" if paths else ""
     for key in ("dataset", "variant"):
         if len({r.get(key) for r in records}) > 1:
-            raise ValueError(f"cannot aggregate runs of different {key}s: {sorted({str(r.get(key)) for r in records})}")
+            raise AggregateError(f"cannot aggregate runs of different {key}s: "
+                                 f"{sorted({str(r.get(key)) for r in records})}{files}")
     seeds = [r.get("seed") for r in records if r.get("seed") is not None]
     if len(seeds) != len(set(seeds)):
-        raise ValueError(f"cannot aggregate: repeated seeds {seeds}")
+        raise AggregateError(f"cannot aggregate: repeated seeds {seeds}{files}")
 
 
 def aggregate_record(records: Sequence[Mapping[str, Any]], paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
@@ -78,7 +91,7 @@ def aggregate_record(records: Sequence[Mapping[str, Any]], paths: Sequence[str |
     """
     if not records:
         raise ValueError("aggregate_record: no records")
-    _check_same_run(records)
+    _check_same_run(records, paths)
     summary = aggregate_seeds(records)
     first = records[0]
     doc: dict[str, Any] = {
@@ -115,7 +128,15 @@ def ranks_path(result_path: str | os.PathLike) -> Path:
 def stacked_ranks(seed_results: Sequence[str | os.PathLike]) -> np.ndarray | None:
     """[seeds, users] test ranks of the seed runs; None when any seed has no ranks file."""
     files = [ranks_path(p) for p in seed_results]
-    return np.stack([np.load(f) for f in files]) if all(f.is_file() for f in files) else None
+    return np.stack([_load_npy(f) for f in files]) if all(f.is_file() for f in files) else None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """np.load of a ranks file; AggregateError naming it when it is truncated or not a .npy file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise AggregateError(f"{path}: not a readable ranks file ({exc})") from None
 
 
 def write_aggregate(seed_results: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> dict[str, Any]:
@@ -133,7 +154,7 @@ def write_aggregate(seed_results: Sequence[str | os.PathLike], out_path: str | o
 def load_ranks(result_path: str | os.PathLike) -> np.ndarray | None:
     """Per-user test ranks beside a results JSON: [users] for a run, [seeds, users] for an aggregate (None: missing)."""
     path = ranks_path(result_path)
-    return np.load(path) if path.is_file() else None
+    return _load_npy(path) if path.is_file() else None
 
 
 SINGLE_RUN = "{dataset}/{variant}.json"
