@@ -130,3 +130,15 @@ def test_aggregate_of_bad_seed_files_names_them_and_keeps_the_old_aggregate(tmp_
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert str(named) in "".join(res.output.split())  # the console may wrap the message
     assert out.read_text() == "{\"old\": true}\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["curves", "nosuchds", "mclrec"], "datasets.nosuchds: no such dataset"),
+    (["curves", "synthetic", "nosuchvar"], "variants.nosuchvar: no such variant"),
+    (["figure", "grid-nosuchds"], "datasets.nosuchds: no such dataset"),
+    (["figure", "noise-nosuchds"], "datasets.nosuchds: no such dataset"),
+])
+def test_figures_of_unknown_names_are_errors_not_placeholders(tmp_path, args, message):
+    res = runner.invoke(app, ["report", *args, "--params", _params(tmp_path, [0]), "--out", str(tmp_path / "f")])
+    assert res.exit_code == 1 and message in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "f").exists()

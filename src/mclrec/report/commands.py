@@ -121,8 +121,10 @@ def figure(
             figures.plot_batch_sizes(index, datasets, {"MCLRec": by_batch}, path)
         elif name.split("-", 1)[0] in ("noise", "groups") and "-" in name:
             kind, dataset = name.split("-", 1)
+            config.dataset_spec(params_dict, dataset)  # a mistyped dataset is an error, not an empty figure
             _robustness_figure(kind, dataset, study, results, path)
         elif name.startswith("grid-"):
+            config.dataset_spec(params_dict, name.split("-", 1)[1])
             _grid_figure(name.split("-", 1)[1], study, results, path)
         else:
             raise config.ConfigError(f"unknown figure '{name}'; choose one of: {FIGURE_CHOICES}")
@@ -250,6 +252,8 @@ def curves(
 
     with _guard():
         params_dict = config.load_params(params)
+        config.dataset_spec(params_dict, dataset)  # a mistyped name is an error, not a "no runs yet" figure
+        config.variant_spec(params_dict, variant)
         seeds = params_dict["study"]["seeds"]
         if reference is None:
             folders = {k: paths.run_dir(dataset, variant, k, models) for k in seeds}
