@@ -179,6 +179,10 @@ def test_resume_refuses_changed_settings_unless_asked_to_restart(tiny, run_cfg, 
         train(run_cfg("sasrec", max_epochs=2, lr=0.01), tiny, tmp_path, resume="must", progress=False)
     summary = train(run_cfg("sasrec", max_epochs=1, lr=0.01), tiny, tmp_path, resume="if-compatible", progress=False)
     assert summary["epochs_run"] == 1
+    # another variant: the option that continues the run is -m, as --set refuses variant and model
+    with pytest.raises(TrainingError, match=r"it was trained with .*-m sasrec") as refused:
+        train(run_cfg("cl4srec", max_epochs=2, lr=0.01), tiny, tmp_path, resume="must", progress=False)
+    assert "--set variant" not in str(refused.value) and "--set model" not in str(refused.value)
 
 
 def test_what_a_resume_found_is_said_on_stderr(tiny, run_cfg, tmp_path, capsys):

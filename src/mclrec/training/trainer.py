@@ -341,10 +341,20 @@ def _settings_to_resume(path: Path, cfg: RunConfig, ckpt: dict[str, Any], device
     settings = cfg.to_dict()
     changed = sorted(k for k, v in settings.items() if k not in RESUME_FREE_KEYS and saved.get(k) != v)
     if changed:
-        recorded = " ".join(f"--set {k}={json.dumps(saved.get(k), separators=(',', ':'))}" for k in changed)
+        recorded = " ".join(_resume_option(k, saved) for k in changed if k != "model" or "variant" not in changed)
         raise TrainingError(f"{path}: cannot resume, settings differ from the checkpoint: {', '.join(changed)} "
                             f"(it was trained with {recorded})")
     return cfg
+
+
+def _resume_option(key: str, saved: dict[str, Any]) -> str:
+    """The option that gives `key` its checkpoint value: -m / -d for the run's variant (and so its model) and
+    dataset, which are no run settings, else --set key=value."""
+    if key in ("variant", "model"):
+        return f"-m {saved.get('variant')}"
+    if key == "dataset":
+        return f"-d {saved.get(key)}"
+    return f"--set {key}={json.dumps(saved.get(key), separators=(',', ':'))}"
 
 
 def _restore(path: Path, cfg: RunConfig, parts: ModelParts, optimisers: Optimisers, generator,
