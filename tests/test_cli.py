@@ -196,3 +196,17 @@ def test_a_noise_ratio_outside_0_1_is_refused(ratio, tmp_path, monkeypatch):
                               "--params", str(ROOT / "params.yaml")])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert f"--noise {float(ratio)}: a noise ratio is in (0, 1]" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("command", [["evaluate", "-d", "synthetic", "-m", "sasrec"],
+                                     ["recommend", "-d", "synthetic", "-m", "sasrec", "--user", "1"]])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine\n")
+    (tmp_path / "adir.csv").mkdir()
+    base = command + ["--params", str(ROOT / "params.yaml"), "--output"]
+    res = runner.invoke(app, base + [str(tmp_path / "afile" / "r.csv")])
+    assert res.exit_code == 1 and f"{tmp_path / 'afile'} is a file, not a folder" in "".join(res.output.split("\n"))
+    res = runner.invoke(app, base + [str(tmp_path / "adir.csv")])
+    assert res.exit_code == 1 and "is a folder; give a file path" in " ".join(res.output.split())
+    assert (tmp_path / "afile").read_text() == "mine\n" and not any((tmp_path / "adir.csv").iterdir())

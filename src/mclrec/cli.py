@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from mclrec import __version__, config, paths
-from mclrec.cli_common import ParamsOpt, err_console, user_errors
+from mclrec.cli_common import ParamsOpt, check_output_file, err_console, user_errors
 from mclrec.cpu_heap import use_huge_pages
 from mclrec.device import check_device_name
 from mclrec.errors import MclrecError
@@ -314,6 +314,8 @@ def evaluate(
         ckpt = checkpoint or paths.run_dir(dataset, variant, run_seed) / paths.RUN_BEST
         if output is None and variant is None:
             raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
+        if output is not None:
+            check_output_file(output, "--output")
         folder = data_dir or paths.processed_dir(dataset)
         data = load_processed(folder)
         settings = params_dict["evaluate"]
@@ -400,6 +402,8 @@ def recommend(
         if chosen != 1:
             raise MclrecError("say whom to recommend for: --user ID (repeatable), --users-file FILE, --all-users or "
                               "--items ID,ID,... (exactly one of them)")
+        if output is not None:
+            check_output_file(output, "--output")
         if output is not None and output.suffix not in (".csv", ".jsonl", ".parquet"):
             raise MclrecError(f"{output}: --output must end in .csv, .jsonl or .parquet")
         names, places = (list(user), None) if not users_file else read_users_file(users_file)

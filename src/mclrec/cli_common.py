@@ -17,6 +17,18 @@ err_console = Console(stderr=True, markup=False)
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read.")
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: the path is a folder, or one of its existing
+    parents is a file (the folders that are missing are created when it is written)."""
+    if path.is_dir():
+        raise MclrecError(f"{option} {path}: is a folder; give a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MclrecError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn MclrecError and OSError (disk full, permissions; they name the file) into one line on stderr, exit 1."""
