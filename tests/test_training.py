@@ -196,6 +196,8 @@ def test_what_a_resume_found_is_said_on_stderr(tiny, run_cfg, tmp_path, capsys):
     assert f"{run}: not resumed, starting afresh:" in err and "settings differ from the checkpoint: lr" in err
     train(run_cfg("sasrec", max_epochs=1, lr=0.01), tiny, tmp_path / "fresh", progress=False)
     assert "resum" not in capsys.readouterr().err  # a plain training says nothing of resuming
+    train(run_cfg("cl4srec", max_epochs=1), tiny, run, progress=False)  # a plain training over another run
+    assert f"{run}: starting afresh over the run there" in capsys.readouterr().err
 
 
 def test_finished_run_restores_a_deleted_best_checkpoint(tiny, run_cfg, tmp_path):

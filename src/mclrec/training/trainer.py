@@ -520,6 +520,9 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
             notice = f"{run_dir}: not resumed, starting afresh: {exc}"
     elif resume == "must":
         notice = f"{run_dir}: nothing to resume (no {LAST} or {PREV}); starting afresh"
+    elif resume == "never" and any((run_dir / name).exists() for name in (LAST, BEST, LOG, SUMMARY)):
+        notice = (f"{run_dir}: starting afresh over the run there: its {BEST}, {LAST}, {LOG} and {SUMMARY} are "
+                  "replaced (--resume continues it)")
     if state.epoch > 0:
         notice = f"{run_dir}: resuming after epoch {state.epoch}"
     if notice and (group is None or group.is_main):
