@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from mclrec import config
 from mclrec.cli import app
 from mclrec.data.processed import load_processed
 from mclrec.evaluation.evaluate import evaluate_checkpoint
-from mclrec.io import WriteError, sha256_file
+from mclrec.io import WriteError, sha256_file, write_json
 from mclrec import checkpoint
 from mclrec.checkpoint import CheckpointError, load_checkpoint
 from mclrec.training.trainer import train
@@ -350,3 +351,14 @@ def test_snakemake_parallel_trainings_stay_apart_and_a_second_invocation_is_lock
         for name in ("best.pt", "last.pt"):
             assert load_checkpoint(run_dir / name)["config"]["variant"] == variant
         assert (work / f"logs/train/synthetic/{variant}/seed0.log").is_file()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_outputs_get_the_mode_of_a_plain_open(tmp_path, mask):
+    """Atomic writes go through mkstemp (0600); the output keeps the mode the umask gives a plain open instead."""
+    previous = os.umask(mask)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~mask

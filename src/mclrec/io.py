@@ -43,6 +43,7 @@ def atomic_path(path: str | os.PathLike, keep_previous: Optional[str | os.PathLi
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make every output private
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -56,6 +57,13 @@ def atomic_path(path: str | os.PathLike, keep_previous: Optional[str | os.PathLi
         raise write_error(path, exc) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it): outputs get the mode a plain open would give."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(directory: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
