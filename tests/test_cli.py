@@ -210,3 +210,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(command, tm
     res = runner.invoke(app, base + [str(tmp_path / "adir.csv")])
     assert res.exit_code == 1 and "is a folder; give a file path" in " ".join(res.output.split())
     assert (tmp_path / "afile").read_text() == "mine\n" and not any((tmp_path / "adir.csv").iterdir())
+
+
+def test_evaluate_output_must_be_a_json_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["evaluate", "-d", "synthetic", "-m", "sasrec", "--params", str(ROOT / "params.yaml"),
+                              "--output", str(tmp_path / "r.txt")])
+    assert res.exit_code == 1 and "--output must end in .json" in " ".join(res.output.split())

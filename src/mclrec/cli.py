@@ -316,6 +316,8 @@ def evaluate(
             raise MclrecError("give --output FILE when evaluating a checkpoint without --variant")
         if output is not None:
             check_output_file(output, "--output")
+            if output.suffix != ".json":  # the side files are named from it: <stem>.metrics.json, <stem>.ranks.npy
+                raise MclrecError(f"{output}: --output must end in .json (a results JSON)")
         folder = data_dir or paths.processed_dir(dataset)
         data = load_processed(folder)
         settings = params_dict["evaluate"]
