@@ -66,6 +66,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: Optional
         raise write_error(path, exc) from exc
 
 
+# a file that is no zip archive is read as torch's legacy format, which fails where the bytes take it: each of these
+# means the file is not a checkpoint (and a resume falls back to last.prev.pt); their text alone says little
+LEGACY_READER_ERRORS = (KeyError, IndexError, TypeError, AttributeError, OverflowError)
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint written by save_checkpoint."""
     path = Path(path)
@@ -75,10 +80,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: empty checkpoint file (a copy or write that never finished?)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    # a file that is no zip archive is read as torch's legacy format, which fails where the bytes take it
-    # (KeyError, IndexError, ...): each means the file is not a checkpoint, and a resume falls back to last.prev.pt
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError, IndexError,
-            TypeError, AttributeError, UnicodeDecodeError, OverflowError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, UnicodeDecodeError,
+            *LEGACY_READER_ERRORS) as exc:
         raise _unreadable(path, exc) from None
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
@@ -99,7 +102,7 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     marker = "WeightsUnpickler error:"
     cause = text.split(marker, 1)[1] if marker in text else text
     reason = next((line.strip() for line in cause.splitlines() if line.strip()), type(exc).__name__)
-    if isinstance(exc, (KeyError, IndexError, TypeError, AttributeError, OverflowError)):
+    if isinstance(exc, LEGACY_READER_ERRORS):
         reason = f"{type(exc).__name__}: {reason}"  # a KeyError's text alone is the key, e.g. "101"
     found = re.match(r"Unsupported global: GLOBAL (\S+)", reason)
     if found:
