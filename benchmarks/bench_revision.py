@@ -39,6 +39,7 @@ from mclrec.config import load_params, parse_overrides, run_config  # noqa: E402
 from mclrec.cpu_heap import keep_freed_memory, use_huge_pages  # noqa: E402
 from mclrec.data.processed import load_processed  # noqa: E402
 from mclrec.paths import processed_dir  # noqa: E402
+from mclrec.vector_math import resolve_vector_math  # noqa: E402
 from mclrec.training.trainer import train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     cfgs = {v: run_config(load_params(args.params), args.dataset, v, overrides) for v in args.variants}
     keep_freed_memory()  # as the trainer does
     use_huge_pages()  # as the `mclrec` commands do, before the first tensor
+    resolve_vector_math()  # as the trainer does
     first = next(iter(cfgs.values()))
     if args.threads or first.num_threads:
         torch.set_num_threads(args.threads or first.num_threads)

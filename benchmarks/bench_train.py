@@ -54,6 +54,7 @@ from mclrec.device import resolve_device
 from mclrec.models.losses import rec_ce_loss
 from mclrec.models.parts import build_parts
 from mclrec.training.trainer import Optimisers, schedule_of, train_step
+from mclrec.vector_math import resolve_vector_math
 
 VARIANTS = ("sasrec", "cl4srec", "duorec", "mclrec", "mclrec-paper", "mclrec-j")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what decides fp32/bf16 matmul speed
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cpu" and not args.heap_defaults:
         keep_freed_memory()  # as the trainer does
         use_huge_pages()  # as the `mclrec` commands do, before the first tensor
+    resolve_vector_math()  # as the trainer does
     if args.threads or first.num_threads:
         torch.set_num_threads(args.threads or first.num_threads)
     data = load_processed(args.data_dir)

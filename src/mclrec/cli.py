@@ -392,6 +392,7 @@ def recommend(
 
     from mclrec.data.processed import load_processed
     from mclrec.device import resolve_device
+    from mclrec.vector_math import resolve_vector_math
     from mclrec.evaluation.evaluate import load_encoder
     from mclrec.recommend import (DEFAULT_BUCKETS, Catalogue, read_users_file, recommend_sequence, recommend_users,
                                   write_recommendations)
@@ -420,6 +421,7 @@ def recommend(
         folder = data_dir or paths.processed_dir(dataset)
         data, catalogue = load_processed(folder), Catalogue.load(folder)
         dev = resolve_device(device)
+        resolve_vector_math()
         encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads, item_order and ItemOrder(item_order).value,
                                      catalogue.item_labels)
         if fmt == "recbole" and meta["config"].get("item_order") != "dataset":

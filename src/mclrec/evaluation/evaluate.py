@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mclrec.cpu_heap import keep_freed_memory
+from mclrec.vector_math import resolve_vector_math
 from mclrec.data.processed import ProcessedData
 from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
@@ -138,6 +139,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_memory()
+    resolve_vector_math()
     encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads, item_order, item_labels)
     buckets = meta["config"].get("length_buckets", [])  # the run's own exact speed-up; none for RecBole files
     valid, test = eval_instances(data, "valid", dev), eval_instances(data, "test", dev)

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from mclrec import __version__
 from mclrec.cpu_heap import keep_freed_memory
+from mclrec.vector_math import resolve_vector_math
 from mclrec.data.processed import ProcessedData
 from mclrec.device import enable_determinism, resolve_device  # resolve_device: also the trainer's public name for it
 from mclrec.environment import run_environment, slow_bf16_products
@@ -489,6 +490,7 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
     step_sync_free = sync_free(device) if sync_free_step is None else sync_free_step
     if device.type == "cpu":
         keep_freed_memory()
+    resolve_vector_math()  # before any op runs MKL's vector math on several threads (same seed, same numbers)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     elif group:
