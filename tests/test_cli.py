@@ -1,6 +1,7 @@
 """The CLI as a user runs it: clear one-line errors, exit status 1, nothing half-written."""
 
 import hashlib
+import json
 
 import pytest
 import yaml
@@ -57,6 +58,30 @@ def test_preprocess_without_raw_file_says_to_download(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = runner.invoke(app, ["preprocess", "toy", "--params", _params(tmp_path, toy=_seqtxt())])
     assert res.exit_code == 1 and "mclrec download toy" in res.output
+
+
+def test_preprocess_of_a_missing_raw_path_names_the_option_not_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["preprocess", "toy", "--params", _params(tmp_path, toy=_seqtxt()),
+                              "--raw", str(tmp_path / "nonexist.txt")])
+    assert res.exit_code == 1 and "nonexist.txt: raw file not found; check the --raw path" in res.output
+    assert "mclrec download" not in res.output
+
+
+@pytest.mark.parametrize("header,order", [("user_id:token\titem_id:token\tts:float", "file order"),
+                                          ("user_id:token\titem_id:token\ttimestamp:float", "timestamp")])
+def test_preprocess_of_an_inter_file_says_and_records_what_orders_it(tmp_path, monkeypatch, header, order):
+    monkeypatch.chdir(tmp_path)
+    entry = {**_seqtxt("toy.inter"), "format": "recbole-inter"}
+    raw = tmp_path / "data/raw/toy/toy.inter"
+    raw.parent.mkdir(parents=True)
+    rows = [f"u{u}\ti{(u + k) % 5}\t{100 - k}" for u in range(4) for k in range(4)]
+    raw.write_text(header + "\n" + "\n".join(rows) + "\n")
+    res = runner.invoke(app, ["preprocess", "toy", "--params", _params(tmp_path, toy=entry)])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "data/processed/toy/stats.json").read_text())
+    assert stats["time_order"] == order
+    assert ("the header has no timestamp field" in " ".join(res.output.split())) == (order == "file order")
 
 
 def test_download_manual_source_explains_where_to_get_and_put_it(tmp_path, monkeypatch):

@@ -93,12 +93,12 @@ def test_failed_write_keeps_previous_output_and_no_temp_dirs(tmp_path, monkeypat
 
     monkeypatch.setattr(preprocess_module, "write_parquet", flaky)
     with pytest.raises(OSError, match="disk full"):
-        preprocess(raw, "seqtxt", 3, 2, 1, out)
+        preprocess(raw, "seqtxt", 3, 2, 3, out)
     assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small.txt"]
     calls.clear()
     with pytest.raises(OSError, match="disk full"):
-        preprocess(raw, "seqtxt", 3, 2, 1, tmp_path / "fresh")
+        preprocess(raw, "seqtxt", 3, 2, 3, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small.txt"]
 
@@ -111,7 +111,7 @@ def test_kcore_leaving_nothing_names_file_and_k(tmp_path):
 
 
 @pytest.mark.parametrize(("user_k", "item_k", "max_len", "message"), [(2, 1, 5, "user_k"), (3, 0, 5, "item_k"),
-                                                                    (3, 1, 0, "max_len")])
+                                                                    (3, 1, 0, "max_len"), (3, 1, 1, "max_len")])
 def test_invalid_parameters(tmp_path, user_k, item_k, max_len, message):
     raw = write(tmp_path / "small.txt", SEQTXT)
     with pytest.raises(DataError, match=message):

@@ -79,6 +79,15 @@ def test_length_groups():
     assert groups["=5"].tolist() == [True, False, False, False, False, True]
     assert groups["6-8"].tolist() == [False, True, True, False, False, False]
     assert groups[">8"].tolist() == [False, False, False, True, True, False]
+    assert list(groups) == ["=5", "6-8", ">8"]  # 5-core data: the paper's groups only
+
+
+def test_users_shorter_than_5_get_their_own_group():
+    """A dataset preprocessed with user_k < 5: every user is in exactly one group."""
+    groups = length_groups(np.array([3, 5, 4, 9]))
+    assert list(groups) == ["<5", "=5", "6-8", ">8"]
+    assert groups["<5"].tolist() == [True, False, True, False]
+    assert np.stack(list(groups.values())).sum(axis=0).tolist() == [1, 1, 1, 1]
 
 
 def _evaluate(*args):

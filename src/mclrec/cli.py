@@ -149,7 +149,8 @@ def preprocess(
         prep = spec["preprocess"]
         raw_path = raw or paths.raw_file(dataset, spec["filename"])
         if not raw_path.is_file():
-            raise MclrecError(f"{raw_path}: raw file not found; run `mclrec download {dataset}` first")
+            hint = "check the --raw path" if raw else f"run `mclrec download {dataset}` first"
+            raise MclrecError(f"{raw_path}: raw file not found; {hint}")
         stats = run_preprocess(
             raw_path,
             fmt or spec["format"],
@@ -163,6 +164,10 @@ def preprocess(
         )
         keys = ("n_users", "n_items", "n_interactions", "avg_length", "sparsity")
         err_console.print(f"{dataset}: " + ", ".join(f"{k}={stats[k]}" for k in keys))
+        if stats["format"] == "recbole-inter" and stats["time_order"] == "file order":
+            err_console.print(f"{raw_path}: the header has no timestamp field, so each user's interactions are taken "
+                              "in file order (stats.json: time_order); name the time column timestamp:float to "
+                              "order by it")
 
 
 SetOpt = typer.Option([], "--set", help="Override a run setting: key=value (YAML value); repeatable.")
@@ -309,7 +314,8 @@ def evaluate(
             n_heads = n_heads or params_dict["checkpoints"][published].get("n_heads")
             variant = published
         if checkpoint is None and variant is None:
-            raise MclrecError("give --variant (to use models/<dataset>/<variant>/best.pt), --checkpoint FILE or --published NAME")
+            raise MclrecError("give --variant (to use models/<dataset>/<variant>/seed<seed>/best.pt), --checkpoint FILE "
+                              "or --published NAME")
         run_seed = params_dict["train"]["seed"] if seed is None else seed
         ckpt = checkpoint or paths.run_dir(dataset, variant, run_seed) / paths.RUN_BEST
         if output is None and variant is None:

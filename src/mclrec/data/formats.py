@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from mclrec.data import records
 from mclrec.data.rawio import check_exists, read_bytes
-from mclrec.data.recbole_inter import read_recbole_inter
+from mclrec.data.recbole_inter import inter_fields, read_recbole_inter
 from mclrec.data.seqtxt import parse_seqtxt
 from mclrec.errors import DataError
 
@@ -39,6 +39,14 @@ def _read_seqtxt(path: Path) -> pa.Table:
             "ts": pa.array(np.arange(len(items), dtype=np.int64)),
         }
     )
+
+
+def time_order(path: Path, fmt: str) -> str:
+    """What orders each user's interactions: "timestamp", or "file order" (seqtxt, whose lines are sequences, and a
+    .inter file without a timestamp field, as RecBole takes it)."""
+    if fmt == "seqtxt" or (fmt == "recbole-inter" and "timestamp" not in inter_fields(path)):
+        return "file order"
+    return "timestamp"
 
 
 _READERS = {

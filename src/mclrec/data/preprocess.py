@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mclrec.data.atomicdir import atomic_directory
-from mclrec.data.formats import FORMATS, read_raw
+from mclrec.data.formats import FORMATS, read_raw, time_order
 from mclrec.data.kcore import kcore_filter
 from mclrec.data.split import (
     MIN_LENGTH,
@@ -34,6 +34,7 @@ ENGINES = ("auto", "memory", "duckdb")
 # 1 GiB of raw file: about 25M ratings-CSV lines, which take ~4 GiB in memory (more than the duckdb engine's
 # whole budget); below it the in-memory engine is faster. A gzip file counts by its compressed size.
 AUTO_DUCKDB_BYTES = 1 << 30
+MIN_MAX_LEN = 2  # params.schema.yaml's minimum for preprocess.max_len (and train's), so the CLI agrees with it
 
 
 def preprocess(
@@ -186,8 +187,8 @@ def _check_params(fmt: str, user_k: int, item_k: int, max_len: int) -> None:
         raise DataError(f"user_k must be at least {MIN_LENGTH} (leave-one-out needs 3 per user), got {user_k}")
     if item_k < 1:
         raise DataError(f"item_k must be at least 1, got {item_k}")
-    if max_len < 1:
-        raise DataError(f"max_len must be at least 1, got {max_len}")
+    if max_len < MIN_MAX_LEN:
+        raise DataError(f"max_len must be at least {MIN_MAX_LEN} (as params.yaml's preprocess.max_len), got {max_len}")
 
 
 def _nothing_left(raw_path: Path, user_k: int, item_k: int) -> DataError:
@@ -230,6 +231,7 @@ def _raw_stats(counts: tuple[int, int, int], raw_path: Path, fmt: str, raw_sha25
     n_inter, n_users, n_items = counts
     return {
         "format": fmt,
+        "time_order": time_order(raw_path, fmt),
         "raw_file": raw_path.name,
         "raw_sha256": raw_sha256,
         "n_raw_interactions": n_inter,

@@ -37,16 +37,26 @@ def parse_header(line: str, path: Path) -> list[str]:
     missing = [name for name in REQUIRED if name not in names]
     if missing:
         raise DataError(f"{path}, line 1: the header has no {', '.join(missing)} field; it has {', '.join(names)}")
+    kinds = dict(field.partition(":")[::2] for field in line.rstrip("\r\n").split("\t"))
+    listed = [f"{name}:{kinds[name]}" for name in (*REQUIRED, "timestamp") if kinds.get(name, "").endswith("_seq")]
+    if listed:
+        raise DataError(f"{path}, line 1: {', '.join(listed)} is a sequence type; an interaction file has one user, "
+                        "item and timestamp per row (user_id:token, item_id:token, timestamp:float)")
     return names
 
 
-def read_recbole_inter(path: Path) -> pa.Table:
-    """Read a .inter file into a (user, item, ts) table in file order; ts orders by timestamp (ties: file order)."""
+def inter_fields(path: Path) -> list[str]:
+    """The column names of a .inter file's header (parse_header's checks)."""
     with text_lines(path) as fh:
         header = fh.readline()
     if not header.strip():
         raise DataError(f"{path}, line 1: empty; a RecBole .inter file starts with a header line")
-    names = parse_header(header, path)
+    return parse_header(header, path)
+
+
+def read_recbole_inter(path: Path) -> pa.Table:
+    """Read a .inter file into a (user, item, ts) table in file order; ts orders by timestamp (ties: file order)."""
+    names = inter_fields(path)
     wanted = [name for name in ("user_id", "item_id", "timestamp") if name in names]
     try:
         table = pacsv.read_csv(

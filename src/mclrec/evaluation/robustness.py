@@ -9,6 +9,7 @@ from torch import Tensor
 from mclrec.data.instances import Instances
 
 LENGTH_GROUPS = (("=5", 5, 5), ("6-8", 6, 8), (">8", 9, None))
+SHORTER = ("<5", 0, 4)  # only in datasets preprocessed with user_k < 5, so that every user is in a group
 
 
 def insert_noise(instances: Instances, ratio: float, n_items: int, max_len: int, generator: torch.Generator) -> Instances:
@@ -36,9 +37,11 @@ def insert_noise(instances: Instances, ratio: float, n_items: int, max_len: int,
 
 
 def length_groups(total_lengths: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean row masks of users whose whole sequence has length =5, 6-8 and >8."""
+    """Boolean row masks of users whose whole sequence has length =5, 6-8 and >8 (the paper's groups), and <5 first
+    where some users are that short."""
     groups = {}
-    for name, low, high in LENGTH_GROUPS:
+    shorter = (SHORTER,) if (total_lengths < 5).any() else ()
+    for name, low, high in shorter + LENGTH_GROUPS:
         mask = total_lengths >= low
         if high is not None:
             mask &= total_lengths <= high
