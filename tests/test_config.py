@@ -69,6 +69,13 @@ def test_error_line_points_at_the_bad_key(tmp_path):
     assert f"params.yaml:{_line_of('batch_size: 256')}:" in str(info.value)
 
 
+def test_a_bad_dataset_name_is_reported_at_its_own_line_with_the_rule(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        _load_with(tmp_path, "  yelp: &yelp", "  Yelp.v2: &yelp")
+    assert f"params.yaml:{_line_of('  yelp: &yelp')}: datasets.Yelp.v2: 'Yelp.v2' is not an allowed name: lower-case " \
+           "letters, digits, _ and -" in str(info.value)
+
+
 def test_source_must_have_one_form(tmp_path):
     with pytest.raises(ConfigError, match="datasets.yelp.source: must have exactly one of the forms: url\\+sha256"):
         _load_with(tmp_path, "      url: https://raw.githubusercontent.com/QinHsiu/MCLRec/main/dataset/Yelp/Yelp.txt\n", "")

@@ -118,15 +118,16 @@ def _node_line(root: yaml.Node | None, path: list) -> int | None:
     node, line = root, (root.start_mark.line + 1 if root is not None else None)
     for key in path:
         if isinstance(node, yaml.MappingNode):
-            match = [v for k, v in node.value if k.value == str(key)]
+            match = [(k, v) for k, v in node.value if k.value == str(key)]
             if not match:
                 break
-            node = match[0]
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1  # the key's line: a nested mapping's value starts on the next one
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
+            line = node.start_mark.line + 1
         else:
             break
-        line = node.start_mark.line + 1
     return line
 
 
@@ -141,6 +142,9 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list, str]:
             hint = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             return path + [key], f"unknown key '{key}'{suggestion}; allowed: {', '.join(allowed)}"
+    if "propertyNames" in error.schema_path and isinstance(error.instance, str):  # a key, not a value, is wrong
+        rule = error.schema.get("description") or error.message
+        return path + [error.instance], f"'{error.instance}' is not an allowed name: {rule}"
     if error.validator == "oneOf" and error.context:
         branches = error.schema["oneOf"]
         present = set(error.instance) if isinstance(error.instance, dict) else set()
