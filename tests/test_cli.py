@@ -60,6 +60,24 @@ def test_preprocess_without_raw_file_says_to_download(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "mclrec download toy" in res.output
 
 
+def test_preprocess_refuses_a_raw_file_that_is_not_the_declared_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "data/raw/toy/toy.txt"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("1 1 2 3 4\n2 2 3 4 1\n")
+    good = hashlib.sha256(raw.read_bytes()).hexdigest()
+    for declared, code in (("0" * 64, 1), (good, 0)):
+        params = _params(tmp_path, toy=_seqtxt(url="file:///elsewhere/toy.txt", sha256=declared))
+        res = runner.invoke(app, ["preprocess", "toy", "--params", params])
+        assert res.exit_code == code, res.output
+        assert (f"sha256 is {good} but the dataset's source.sha256 is {'0' * 64}" in " ".join(res.output.split())) \
+            == (code == 1)
+        assert (tmp_path / "data/processed/toy").exists() == (code == 0)
+    # an explicit --raw file is the user's choice: no declared checksum applies
+    params = _params(tmp_path, toy=_seqtxt(url="file:///elsewhere/toy.txt", sha256="0" * 64))
+    assert runner.invoke(app, ["preprocess", "toy", "--params", params, "--raw", str(raw)]).exit_code == 0
+
+
 def test_preprocess_of_a_missing_raw_path_names_the_option_not_download(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = runner.invoke(app, ["preprocess", "toy", "--params", _params(tmp_path, toy=_seqtxt()),

@@ -14,6 +14,7 @@ from mclrec.data import preprocess as preprocess_module
 from mclrec.data.preprocess import SPLIT_FILES, preprocess
 from mclrec.data.processed import Split, load_processed, padded_inputs, prefix_instances
 from mclrec.errors import DataError
+from mclrec.io import sha256_file
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUTPUTS = [f"{name}.parquet" for name in SPLIT_FILES] + ["stats.json"]
@@ -101,6 +102,16 @@ def test_failed_write_keeps_previous_output_and_no_temp_dirs(tmp_path, monkeypat
         preprocess(raw, "seqtxt", 3, 2, 3, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small.txt"]
+
+
+@pytest.mark.parametrize("engine", ["memory", "duckdb"])
+def test_a_raw_file_other_than_the_declared_one_writes_nothing(tmp_path, engine):
+    raw = write(tmp_path / "small.txt", SEQTXT)
+    with pytest.raises(DataError, match=f"small.txt: sha256 is {sha256_file(raw)} but the dataset's source.sha256"):
+        preprocess(raw, "seqtxt", 3, 2, 2, tmp_path / "out", engine=engine, expected_sha256="0" * 64)
+    assert not (tmp_path / "out").exists()
+    stats = preprocess(raw, "seqtxt", 3, 2, 2, tmp_path / "out", engine=engine, expected_sha256=sha256_file(raw))
+    assert stats["raw_sha256"] == sha256_file(raw)
 
 
 def test_kcore_leaving_nothing_names_file_and_k(tmp_path):

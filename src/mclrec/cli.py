@@ -161,6 +161,7 @@ def preprocess(
             extra_stats={"dataset": dataset},
             length_group=prep.get("length_group"),
             engine=engine or prep.get("engine", "auto"),
+            expected_sha256=None if raw else spec["source"].get("sha256"),
         )
         keys = ("n_users", "n_items", "n_interactions", "avg_length", "sparsity")
         err_console.print(f"{dataset}: " + ", ".join(f"{k}={stats[k]}" for k in keys))

@@ -50,6 +50,7 @@ def preprocess(
     timings: dict[str, float] | None = None,
     engine: str = "auto",
     memory_limit: str | None = None,
+    expected_sha256: str | None = None,
 ) -> dict:
     """Build the processed dataset in `out_dir`; return its stats (also written to stats.json).
 
@@ -58,17 +59,18 @@ def preprocess(
     `timings`, when given, receives the seconds spent per stage (read, hash, kcore, split, write).
     `engine` is auto, memory or duckdb (see the module docstring; same outputs); `memory_limit` caps the duckdb
     engine's own memory (a DuckDB size such as "2GB"; default outofcore.DEFAULT_MEMORY_LIMIT).
+    `expected_sha256`: the raw file's declared checksum; another file is a DataError before anything is written.
     """
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     _check_params(fmt, user_k, item_k, max_len)
     lap = _stopwatch(timings)
     if choose_engine(engine, raw_path) == "duckdb":
         return _preprocess_duckdb(raw_path, fmt, (user_k, item_k, max_len), out_dir, extra_stats or {},
-                                  length_group, lap, memory_limit)
+                                  length_group, lap, memory_limit, expected_sha256)
     raw = read_raw(raw_path, fmt)
     coded, user_labels, item_labels = _encode(raw)
     lap("read")
-    raw_sha256 = sha256_file(raw_path)
+    raw_sha256 = _checked_sha256(raw_path, expected_sha256)
     lap("hash")
     kept = kcore_filter(coded, user_k, item_k)
     if kept.empty:
@@ -95,6 +97,15 @@ def preprocess(
     return stats
 
 
+def _checked_sha256(raw_path: Path, expected: str | None) -> str:
+    """The raw file's sha256; DataError if it is not the declared one."""
+    actual = sha256_file(raw_path)
+    if expected is not None and actual != expected.lower():
+        raise DataError(f"{raw_path}: sha256 is {actual} but the dataset's source.sha256 is {expected}: the file is "
+                        "not the one declared (download it again, or declare this file's checksum)")
+    return actual
+
+
 def choose_engine(engine: str, raw_path: Path) -> str:
     """memory or duckdb: `engine` itself, or for auto by the raw file's size (AUTO_DUCKDB_BYTES)."""
     if engine not in ENGINES:
@@ -105,7 +116,8 @@ def choose_engine(engine: str, raw_path: Path) -> str:
 
 
 def _preprocess_duckdb(raw_path: Path, fmt: str, ks: tuple[int, int, int], out_dir: Path, extra_stats: dict,
-                       length_group: dict | None, lap, memory_limit: str | None) -> dict:
+                       length_group: dict | None, lap, memory_limit: str | None,
+                       expected_sha256: str | None = None) -> dict:
     """The duckdb engine (outofcore.py): same stages, same outputs, the interactions kept on disk."""
     from mclrec.data import outofcore
     from mclrec.data.rawbatches import raw_batches
@@ -114,7 +126,7 @@ def _preprocess_duckdb(raw_path: Path, fmt: str, ks: tuple[int, int, int], out_d
     with outofcore.workspace(out_dir, memory_limit or outofcore.DEFAULT_MEMORY_LIMIT) as work:
         counts = work.load(raw_batches(raw_path, fmt))
         lap("read")
-        raw_sha256 = sha256_file(raw_path)
+        raw_sha256 = _checked_sha256(raw_path, expected_sha256)
         lap("hash")
         if work.kcore(user_k, item_k) == 0:
             raise _nothing_left(raw_path, user_k, item_k)
