@@ -44,7 +44,11 @@ def test_url_checksum_mismatch_leaves_nothing(tmp_path, origin):
     with pytest.raises(DataError, match=f"sha256 is {SHA} but {WRONG} was expected") as err:
         fetch_raw("toy", {"url": origin.as_uri(), "sha256": WRONG}, "toy.txt", raw_dir, None)
     assert str(raw_dir / "toy.txt") in str(err.value) and "MCLREC_MIRROR" in str(err.value)
-    assert listing(raw_dir) == []
+    assert not raw_dir.exists()  # not even the folder the download made
+    raw_dir.mkdir(parents=True)  # a folder that was there stays
+    with pytest.raises(DataError):
+        fetch_raw("toy", {"url": origin.as_uri(), "sha256": WRONG}, "toy.txt", raw_dir, None)
+    assert raw_dir.is_dir() and listing(raw_dir) == []
 
 
 @pytest.mark.parametrize("where", ["url", "mirror", "in place"])
@@ -96,7 +100,7 @@ def test_mirror_checksum_mismatch_leaves_nothing(tmp_path, origin):
     raw_dir = tmp_path / "raw"
     with pytest.raises(DataError, match=f"toy.txt: sha256 is {SHA} but {WRONG} was expected"):
         fetch_raw("toy", {"url": "http://x", "sha256": WRONG}, "toy.txt", raw_dir, origin.parent)
-    assert listing(raw_dir) == []
+    assert not raw_dir.exists()
 
 
 def test_existing_file_with_wrong_checksum_is_kept_and_reported(tmp_path):

@@ -32,10 +32,16 @@ def fetch_raw(
     if dest.exists():
         verify_existing(dest, expected, declared_in)
         return dest
-    if mirror is not None:
-        return _copy_from_mirror(Path(mirror) / filename, dest, expected, declared_in)
-    if "url" in source:
-        return _download(name, source["url"], dest, expected, declared_in)
+    if mirror is not None or "url" in source:
+        fresh_folder = not dest.parent.exists()
+        try:
+            if mirror is not None:
+                return _copy_from_mirror(Path(mirror) / filename, dest, expected, declared_in)
+            return _download(name, source["url"], dest, expected, declared_in)
+        except DataError:
+            if fresh_folder and dest.parent.is_dir() and not any(dest.parent.iterdir()):
+                dest.parent.rmdir()  # "nothing was written": not even the dataset's raw folder
+            raise
     if "manual" in source:
         raise DataError(
             f"dataset {name!r} cannot be downloaded automatically. Obtain {filename!r} as described here: "
