@@ -132,7 +132,9 @@ def test_resolution_order_train_dataset_variant_cli():
     [(["beta"], "expected key=value"), (["beta=x"], "--set: beta: 'x' is not of type 'number'"),
      (["bta=0.1"], "unknown key 'bta' (did you mean 'beta'?)"), (["schedule=fast"], "'fast' is not one of"),
      (["adam=sgd"], "--set: adam: 'sgd' is not one of ['fused', 'foreach']"),
-     (["fused_losses=maybe"], "--set: fused_losses: 'maybe' is not of type 'boolean'")],
+     (["fused_losses=maybe"], "--set: fused_losses: 'maybe' is not of type 'boolean'"),
+     (["learning_rate=0.01"], "unknown key 'learning_rate' (RecBole's name for 'lr')"),
+     (["stopping_step=3"], "unknown key 'stopping_step' (RecBole's name for 'patience')")],
 )
 def test_cli_overrides_are_validated(pairs, expected):
     with pytest.raises(ConfigError) as info:

@@ -131,6 +131,12 @@ def _node_line(root: yaml.Node | None, path: list) -> int | None:
     return line
 
 
+# RecBole's config keys for settings named otherwise here (RecBole users type these first)
+RECBOLE_NAMES = {"learning_rate": "lr", "train_batch_size": "batch_size", "epochs": "max_epochs",
+                 "stopping_step": "patience", "hidden_dropout_prob": "hidden_dropout",
+                 "attn_dropout_prob": "attn_dropout"}
+
+
 def _describe(error: jsonschema.ValidationError) -> tuple[list, str]:
     """Key path and a readable message for one schema error."""
     path = list(error.absolute_path)
@@ -141,6 +147,8 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list, str]:
             key = unknown[0]
             hint = difflib.get_close_matches(key, allowed, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            if RECBOLE_NAMES.get(key) in allowed:
+                suggestion = f" (RecBole's name for '{RECBOLE_NAMES[key]}')"
             return path + [key], f"unknown key '{key}'{suggestion}; allowed: {', '.join(allowed)}"
     if "propertyNames" in error.schema_path and isinstance(error.instance, str):  # a key, not a value, is wrong
         rule = error.schema.get("description") or error.message
