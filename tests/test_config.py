@@ -76,6 +76,11 @@ def test_a_bad_dataset_name_is_reported_at_its_own_line_with_the_rule(tmp_path):
            "letters, digits, _ and -" in str(info.value)
 
 
+def test_an_upper_case_sha256_is_valid(tmp_path):
+    sha = next(line for line in PARAMS_TEXT.splitlines() if "sha256: 724b" in line).split("sha256:")[1].strip()
+    _load_with(tmp_path, f"sha256: {sha}", f"sha256: {sha.upper()}")
+
+
 def test_source_must_have_one_form(tmp_path):
     with pytest.raises(ConfigError, match="datasets.yelp.source: must have exactly one of the forms: url\\+sha256"):
         _load_with(tmp_path, "      url: https://raw.githubusercontent.com/QinHsiu/MCLRec/main/dataset/Yelp/Yelp.txt\n", "")

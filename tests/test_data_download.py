@@ -39,6 +39,13 @@ def test_url_download_verifies_and_is_idempotent(tmp_path, origin):
     assert listing(raw_dir) == ["toy.txt"]
 
 
+def test_an_upper_case_checksum_is_the_same_checksum(tmp_path, origin):
+    raw_dir = tmp_path / "raw" / "toy"
+    source = {"url": origin.as_uri(), "sha256": SHA.upper()}  # as some pages print it
+    assert fetch_raw("toy", source, "toy.txt", raw_dir, None).read_bytes() == CONTENT
+    assert fetch_raw("toy", source, "toy.txt", raw_dir, None) == raw_dir / "toy.txt"  # the file in place, verified
+
+
 def test_url_checksum_mismatch_leaves_nothing(tmp_path, origin):
     raw_dir = tmp_path / "raw" / "toy"
     with pytest.raises(DataError, match=f"sha256 is {SHA} but {WRONG} was expected") as err:

@@ -29,6 +29,7 @@ def fetch_raw(
         raise ValueError(f"dataset {name!r} is generated, not fetched; call the generator instead")
     dest = Path(raw_dir) / filename
     expected = source.get("sha256")
+    expected = expected.lower() if expected else None  # the digests computed here are lower-case
     if dest.exists():
         verify_existing(dest, expected, declared_in)
         return dest
@@ -66,7 +67,7 @@ def verify_existing(dest: Path, expected: str | None, declared_in: str | None = 
     if expected is None:
         return
     actual = sha256_file(dest)
-    if actual != expected:
+    if actual != expected.lower():
         raise DataError(
             f"{_mismatch(str(dest), actual, expected, declared_in)}; "
             f"replace or remove the file yourself (it was left untouched).{_fix_checksum(declared_in)}"
