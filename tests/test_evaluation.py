@@ -95,6 +95,27 @@ def _evaluate(*args):
                                "--device", "cpu", *args])
 
 
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after a command that sets it in this process."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_evaluate_threads_set_torchs_and_leave_the_numbers(trained, tiny_dir, tmp_path, keep_threads):
+    metrics = {}
+    for threads in (None, 1):
+        out = tmp_path / f"out{threads}.json"
+        args = ["--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir), "--output", str(out)]
+        res = _evaluate(*args, *(["--threads", str(threads)] if threads else []))
+        assert res.exit_code == 0, res.output
+        metrics[threads] = json.loads(out.read_text())["metrics"]
+        if threads:
+            assert json.loads(out.read_text())["environment"]["threads"] == 1
+    assert metrics[None] == metrics[1]
+
+
 def test_evaluate_cli_writes_the_documented_schema(trained, tiny_dir, tmp_path):
     out = tmp_path / "out.json"
     res = _evaluate("--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir), "--output", str(out),

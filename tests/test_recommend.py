@@ -135,3 +135,21 @@ def test_cli_users_file_errors_name_the_file_and_line(model, tiny_dir, tmp_path)
     users.write_bytes(b"\xff\xfe\x00bad")
     res = _cli(run, tiny_dir, "--users-file", str(users))
     assert res.exit_code == 1 and "cannot read the users file" in " ".join(res.output.split())
+
+
+def test_cli_seed_names_the_run_and_threads_set_torchs(model, tiny_dir, tmp_path, monkeypatch):
+    """--variant with --seed reads models/<d>/<v>/seed<seed>/best.pt; --threads sets torch's thread count."""
+    run, _ = model
+    monkeypatch.chdir(tmp_path)
+    seeded = tmp_path / "models" / "synthetic" / "sasrec" / "seed7"
+    seeded.mkdir(parents=True)
+    (seeded / "best.pt").write_bytes((run / "best.pt").read_bytes())
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    args = ["recommend", "-d", "synthetic", "-m", "sasrec", "--device", "cpu", "--data-dir", str(tiny_dir),
+            "--params", str(ROOT / "params.yaml"), "--items", Catalogue.load(tiny_dir).item_labels[0]]
+    res = runner.invoke(app, args + ["--seed", "7", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert threads == [1] and len(res.output.strip().splitlines()) == 11  # header + k rows
+    res = runner.invoke(app, args + ["--seed", "8"])
+    assert res.exit_code == 1 and "seed8" in res.output

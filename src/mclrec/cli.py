@@ -171,7 +171,17 @@ def preprocess(
                               "order by it")
 
 
+def _use_threads(threads: int | None) -> None:
+    """torch's intra-op threads for a scoring command, where --threads was given."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 SetOpt = typer.Option([], "--set", help="Override a run setting: key=value (YAML value); repeatable.")
+ScoringThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's, one per core).")
+RunSeedOpt = typer.Option(None, help="With --variant: the run of this seed (default train.seed).")
 
 
 @app.command()
@@ -273,7 +283,7 @@ def evaluate(
     variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (locates the default checkpoint)."),
     checkpoint: Optional[Path] = typer.Option(
         None, help="Checkpoint file (default models/<dataset>/<variant>/seed<seed>/best.pt)."),
-    seed: Optional[int] = typer.Option(None, help="With --variant: the run of this seed (default train.seed)."),
+    seed: Optional[int] = RunSeedOpt,
     checkpoint_format: CheckpointFormat = typer.Option(
         CheckpointFormat.mclrec, help="mclrec, or recbole (a SASRec-family RecBole state dict)."),
     published: Optional[str] = typer.Option(
@@ -293,6 +303,7 @@ def evaluate(
     groups: Optional[bool] = typer.Option(
         None, help="Also report users grouped by sequence length (=5, 6-8, >8; Fig. 8); default evaluate.groups."),
     noise_seed: Optional[int] = typer.Option(None, help="Seed of the noise insertion (default evaluate.noise_seed)."),
+    threads: Optional[int] = ScoringThreadsOpt,
 ) -> None:
     """Full-ranking HR/NDCG/MRR@k on valid and test; writes the results JSON and per-user test ranks.
 
@@ -335,6 +346,7 @@ def evaluate(
             from mclrec.recommend import Catalogue
 
             item_labels = Catalogue.load(folder).item_labels
+        _use_threads(threads)
         record, ranks = evaluate_run(
             dataset, data, ckpt, checkpoint_format, device, batch_size or settings["batch_size"],
             tuple(settings["ks"]), ratios, settings["groups"] if groups is None else groups,
@@ -371,7 +383,7 @@ def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, 
 @app.command()
 def recommend(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name from params.yaml."),
-    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (models/<d>/<v>/seed<train.seed>/best.pt)."),
+    variant: Optional[str] = typer.Option(None, "--variant", "--model", "-m", help="Variant (models/<d>/<v>/seed<seed>/best.pt)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint file instead of the variant's best.pt."),
     checkpoint_format: CheckpointFormat = typer.Option(CheckpointFormat.mclrec, help="mclrec or recbole."),
     published: Optional[str] = typer.Option(None, help="A published checkpoint declared in params.yaml."),
@@ -392,6 +404,8 @@ def recommend(
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     progress: bool = typer.Option(True, help="Show a progress bar (with --all-users)."),
+    seed: Optional[int] = RunSeedOpt,
+    threads: Optional[int] = ScoringThreadsOpt,
 ) -> None:
     """Top-k items for users named by their original ids (or all users), or after an ad-hoc item sequence."""
     import numpy as np
@@ -424,10 +438,12 @@ def recommend(
         elif checkpoint is None:
             if variant is None:
                 raise MclrecError("give --variant, --checkpoint FILE or --published NAME")
-            checkpoint = paths.run_dir(dataset, variant, params_dict["train"]["seed"]) / paths.RUN_BEST
+            checkpoint = paths.run_dir(dataset, variant, params_dict["train"]["seed"] if seed is None else seed) / \
+                paths.RUN_BEST
         folder = data_dir or paths.processed_dir(dataset)
         data, catalogue = load_processed(folder), Catalogue.load(folder)
         dev = resolve_device(device)
+        _use_threads(threads)
         resolve_vector_math()
         encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads, item_order and ItemOrder(item_order).value,
                                      catalogue.item_labels)
