@@ -89,6 +89,11 @@ def train_settings(wildcards):
     return settings
 
 
+# An evaluation's torch threads (full ranking: products over the catalogue); Snakemake caps them at --cores, and
+# the profile's set-threads overrides them. DVC runs leave torch's default.
+EVALUATE_THREADS = 2
+
+
 def train_threads(wildcards):
     """A training's threads: the run's num_threads when set, else 2, for each of its nproc processes (Snakemake caps
     them at --cores; the profile's set-threads overrides them). The train command passes them to torch, each

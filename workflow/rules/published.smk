@@ -22,6 +22,7 @@ rule evaluate_published:
         **pipeline.snakemake_outputs("evaluate_published"),
     log:
         pipeline.snakemake_log("evaluate_published"),
+    threads: EVALUATE_THREADS
     params:
         settings=config["evaluate"],
     shell:

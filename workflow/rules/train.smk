@@ -31,6 +31,7 @@ rule evaluate:
         **pipeline.snakemake_outputs("evaluate"),
     log:
         pipeline.snakemake_log("evaluate"),
+    threads: EVALUATE_THREADS
     params:
         variant=lambda wildcards: evaluation(wildcards).train.variant,
         checkpoint=lambda wildcards: evaluated_files(wildcards)["best"],
