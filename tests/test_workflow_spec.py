@@ -53,6 +53,9 @@ def test_stage_commands_and_outputs_come_from_the_declarations():
     assert train["cmd"] == pipeline.dvc_command("train", {k: "${item.%s}" % k for k in
                                                           ("dataset", "args", "seed", "run")})
     assert "--threads" not in train["cmd"] and "--threads {threads}" in pipeline.snakemake_command("train")
+    for kind in ("evaluate", "evaluate_published"):  # Snakemake's threads reach torch; DVC keeps torch's default
+        assert "--threads {threads}" in pipeline.snakemake_command(kind)
+        assert "--threads" not in stages[kind]["do"]["cmd"]
     assert train["outs"] == [p.replace("{", "${item.") for p in
                              (o.pattern for o in pipeline.KINDS["train"].outputs.values() if o.kind == "out")]
     assert train["plots"] == [{"models/${item.dataset}/${item.run}/seed${item.seed}/curves.json":
