@@ -60,14 +60,21 @@ def child(dataset: str, variant: str, threads: int, steps: int, arm: str, data_d
     return f"{digest.hexdigest()[:12]}\t{heap_state()}\t{huge_pages_state()}"
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--variant", default="mclrec")
     parser.add_argument("--data-dir", help="processed folder (default data/processed/<dataset>)")
-    parser.add_argument("--processes", type=int, default=40, help="fresh processes per arm")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--processes", type=positive, default=40, help="fresh processes per arm")
+    parser.add_argument("--threads", type=positive, default=2)
+    parser.add_argument("--steps", type=positive, default=1)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -51,7 +51,7 @@ def test_url_checksum_mismatch_leaves_nothing(tmp_path, origin):
     with pytest.raises(DataError, match=f"sha256 is {SHA} but {WRONG} was expected") as err:
         fetch_raw("toy", {"url": origin.as_uri(), "sha256": WRONG}, "toy.txt", raw_dir, None)
     assert str(raw_dir / "toy.txt") in str(err.value) and "MCLREC_MIRROR" in str(err.value)
-    assert not raw_dir.exists()  # not even the folder the download made
+    assert not (tmp_path / "raw").exists()  # not even the folders the download made
     raw_dir.mkdir(parents=True)  # a folder that was there stays
     with pytest.raises(DataError):
         fetch_raw("toy", {"url": origin.as_uri(), "sha256": WRONG}, "toy.txt", raw_dir, None)

@@ -39,7 +39,7 @@ def test_columns_in_any_order_and_no_timestamp_means_file_order(tmp_path):
     ("user_id:token\titem_id:token\nu1\ti1\n\ti2\n", "line 3: empty user_id"),
     ("", "line 1: empty"),
     ("user_id:token\titem_id:token_seq\nu1\ti1 i2\n", "line 1: item_id:token_seq is a sequence type"),
-    ("user_id:token_seq\titem_id:token\ttimestamp:float_seq\n", "user_id:token_seq, timestamp:float_seq is a"),
+    ("user_id:token_seq\titem_id:token\ttimestamp:float_seq\n", "user_id:token_seq, timestamp:float_seq are sequence types"),
 ])
 def test_bad_files_name_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "bad.inter"

@@ -131,7 +131,8 @@ def _generate(spec: dict, dest: Path, seed: Optional[int] = None) -> dict:
 def preprocess(
     dataset: str = typer.Argument(..., help="Dataset name from params.yaml."),
     params: Path = ParamsOpt,
-    raw: Optional[Path] = typer.Option(None, help="Raw file (default data/raw/<dataset>/<filename>)."),
+    raw: Optional[Path] = typer.Option(None, help="Raw file (default data/raw/<dataset>/<filename>, checked against "
+                                                  "the declared sha256; a --raw file is taken as it is)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default data/processed/<dataset>)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Override the raw format."),
     user_k: Optional[int] = typer.Option(None, help="Override k for users."),
@@ -162,6 +163,7 @@ def preprocess(
             length_group=prep.get("length_group"),
             engine=engine or prep.get("engine", "auto"),
             expected_sha256=None if raw else spec["source"].get("sha256"),
+            declared_in=f"{params}: datasets.{dataset}.source.sha256",
         )
         keys = ("n_users", "n_items", "n_interactions", "avg_length", "sparsity")
         err_console.print(f"{dataset}: " + ", ".join(f"{k}={stats[k]}" for k in keys))
@@ -301,7 +303,8 @@ def evaluate(
     noise: Optional[list[float]] = typer.Option(
         None, help="Test-time noise ratio (Fig. 7), repeatable (default evaluate.noise; --noise 0 for none)."),
     groups: Optional[bool] = typer.Option(
-        None, help="Also report users grouped by sequence length (=5, 6-8, >8; Fig. 8); default evaluate.groups."),
+        None, help="Also report users grouped by sequence length (=5, 6-8, >8, Fig. 8; <5 first where users are that short); "
+             "default evaluate.groups."),
     noise_seed: Optional[int] = typer.Option(None, help="Seed of the noise insertion (default evaluate.noise_seed)."),
     threads: Optional[int] = ScoringThreadsOpt,
 ) -> None:

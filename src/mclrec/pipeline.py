@@ -315,6 +315,6 @@ def dvc_command(kind: str, values: Mapping[str, Any]) -> str:
     parts = []
     for part in job.command:
         if part == "{threads}":
-            continue  # DVC runs take num_threads from params.yaml
+            continue  # DVC runs: a training takes train.num_threads from params.yaml, an evaluation torch's default
         parts.append(re.sub(r"{(\w+)}", lambda m: str(values[m.group(1)]), part))
     return " ".join(parts)

@@ -34,14 +34,15 @@ def fetch_raw(
         verify_existing(dest, expected, declared_in)
         return dest
     if mirror is not None or "url" in source:
-        fresh_folder = not dest.parent.exists()
+        fresh = [folder for folder in dest.parents if not folder.exists()]  # innermost first
         try:
             if mirror is not None:
                 return _copy_from_mirror(Path(mirror) / filename, dest, expected, declared_in)
             return _download(name, source["url"], dest, expected, declared_in)
-        except DataError:
-            if fresh_folder and dest.parent.is_dir() and not any(dest.parent.iterdir()):
-                dest.parent.rmdir()  # "nothing was written": not even the dataset's raw folder
+        except BaseException:
+            for folder in fresh:  # "nothing was written": not even the folders made for the file
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             raise
     if "manual" in source:
         raise DataError(

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from mclrec.data.atomicdir import atomic_directory
 from mclrec.data.formats import FORMATS, read_raw, time_order
+from mclrec.data.rawio import check_exists
 from mclrec.data.kcore import kcore_filter
 from mclrec.data.split import (
     MIN_LENGTH,
@@ -34,7 +35,7 @@ ENGINES = ("auto", "memory", "duckdb")
 # 1 GiB of raw file: about 25M ratings-CSV lines, which take ~4 GiB in memory (more than the duckdb engine's
 # whole budget); below it the in-memory engine is faster. A gzip file counts by its compressed size.
 AUTO_DUCKDB_BYTES = 1 << 30
-MIN_MAX_LEN = 2  # params.schema.yaml's minimum for preprocess.max_len (and train's), so the CLI agrees with it
+MIN_MAX_LEN = 2  # params.schema.yaml's minimum for preprocess.max_len, so the CLI's --max-len agrees with it
 
 
 def preprocess(
@@ -51,27 +52,30 @@ def preprocess(
     engine: str = "auto",
     memory_limit: str | None = None,
     expected_sha256: str | None = None,
+    declared_in: str | None = None,
 ) -> dict:
     """Build the processed dataset in `out_dir`; return its stats (also written to stats.json).
 
     `length_group` ({"min": a, "max": b or None}) keeps only the users whose k-core sequence length lies in
     [a, b], renumbered 1..U in their order, with the whole k-core item catalogue (the paper's Table 5 groups).
-    `timings`, when given, receives the seconds spent per stage (read, hash, kcore, split, write).
+    `timings`, when given, receives the seconds spent per stage (hash, read, kcore, split, write).
     `engine` is auto, memory or duckdb (see the module docstring; same outputs); `memory_limit` caps the duckdb
     engine's own memory (a DuckDB size such as "2GB"; default outofcore.DEFAULT_MEMORY_LIMIT).
-    `expected_sha256`: the raw file's declared checksum; another file is a DataError before anything is written.
+    `expected_sha256`: the raw file's declared checksum (`declared_in` names where it is declared); another file is
+    a DataError before the file is read or anything is written.
     """
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     _check_params(fmt, user_k, item_k, max_len)
+    check_exists(raw_path)
     lap = _stopwatch(timings)
+    raw_sha256 = _checked_sha256(raw_path, expected_sha256, declared_in)
+    lap("hash")
     if choose_engine(engine, raw_path) == "duckdb":
         return _preprocess_duckdb(raw_path, fmt, (user_k, item_k, max_len), out_dir, extra_stats or {},
-                                  length_group, lap, memory_limit, expected_sha256)
+                                  length_group, lap, memory_limit, raw_sha256)
     raw = read_raw(raw_path, fmt)
     coded, user_labels, item_labels = _encode(raw)
     lap("read")
-    raw_sha256 = _checked_sha256(raw_path, expected_sha256)
-    lap("hash")
     kept = kcore_filter(coded, user_k, item_k)
     if kept.empty:
         raise _nothing_left(raw_path, user_k, item_k)
@@ -97,12 +101,13 @@ def preprocess(
     return stats
 
 
-def _checked_sha256(raw_path: Path, expected: str | None) -> str:
+def _checked_sha256(raw_path: Path, expected: str | None, declared_in: str | None = None) -> str:
     """The raw file's sha256; DataError if it is not the declared one."""
     actual = sha256_file(raw_path)
     if expected is not None and actual != expected.lower():
-        raise DataError(f"{raw_path}: sha256 is {actual} but the dataset's source.sha256 is {expected}: the file is "
-                        "not the one declared (download it again, or declare this file's checksum)")
+        where = declared_in or "the dataset's source.sha256"
+        raise DataError(f"{raw_path}: sha256 is {actual} but {where} is {expected}: this is not the declared file "
+                        "(replace it, or correct that checksum if this file is the right one); nothing was written")
     return actual
 
 
@@ -116,8 +121,7 @@ def choose_engine(engine: str, raw_path: Path) -> str:
 
 
 def _preprocess_duckdb(raw_path: Path, fmt: str, ks: tuple[int, int, int], out_dir: Path, extra_stats: dict,
-                       length_group: dict | None, lap, memory_limit: str | None,
-                       expected_sha256: str | None = None) -> dict:
+                       length_group: dict | None, lap, memory_limit: str | None, raw_sha256: str) -> dict:
     """The duckdb engine (outofcore.py): same stages, same outputs, the interactions kept on disk."""
     from mclrec.data import outofcore
     from mclrec.data.rawbatches import raw_batches
@@ -126,8 +130,6 @@ def _preprocess_duckdb(raw_path: Path, fmt: str, ks: tuple[int, int, int], out_d
     with outofcore.workspace(out_dir, memory_limit or outofcore.DEFAULT_MEMORY_LIMIT) as work:
         counts = work.load(raw_batches(raw_path, fmt))
         lap("read")
-        raw_sha256 = _checked_sha256(raw_path, expected_sha256)
-        lap("hash")
         if work.kcore(user_k, item_k) == 0:
             raise _nothing_left(raw_path, user_k, item_k)
         lap("kcore")

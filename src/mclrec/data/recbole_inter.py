@@ -40,7 +40,8 @@ def parse_header(line: str, path: Path) -> list[str]:
     kinds = dict(field.partition(":")[::2] for field in line.rstrip("\r\n").split("\t"))
     listed = [f"{name}:{kinds[name]}" for name in (*REQUIRED, "timestamp") if kinds.get(name, "").endswith("_seq")]
     if listed:
-        raise DataError(f"{path}, line 1: {', '.join(listed)} is a sequence type; an interaction file has one user, "
+        kind = "is a sequence type" if len(listed) == 1 else "are sequence types"
+        raise DataError(f"{path}, line 1: {', '.join(listed)} {kind}; an interaction file has one user, "
                         "item and timestamp per row (user_id:token, item_id:token, timestamp:float)")
     return names
 
