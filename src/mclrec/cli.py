@@ -303,8 +303,8 @@ def evaluate(
     noise: Optional[list[float]] = typer.Option(
         None, help="Test-time noise ratio (Fig. 7), repeatable (default evaluate.noise; --noise 0 for none)."),
     groups: Optional[bool] = typer.Option(
-        None, help="Also report users grouped by sequence length (=5, 6-8, >8, Fig. 8; <5 first where users are that short); "
-             "default evaluate.groups."),
+        None, help="Also report users grouped by sequence length (=5, 6-8, >8, Fig. 8; <5 first where users are "
+                   "that short); default evaluate.groups."),
     noise_seed: Optional[int] = typer.Option(None, help="Seed of the noise insertion (default evaluate.noise_seed)."),
     threads: Optional[int] = ScoringThreadsOpt,
 ) -> None:
