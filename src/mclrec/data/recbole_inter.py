@@ -25,19 +25,19 @@ BLOCK_BYTES = 16 << 20
 
 def parse_header(line: str, path: Path) -> list[str]:
     """Column names of a header line (`name:type` separated by tabs); DataError naming line 1 otherwise."""
-    names = []
+    names, kinds = [], {}
     for position, field in enumerate(line.rstrip("\r\n").split("\t"), start=1):
         name, sep, kind = field.partition(":")
         if not sep or not name or kind not in TYPES:
             raise DataError(f"{path}, line 1: header field {position} {field!r} is not name:type with type one of "
                             f"{', '.join(TYPES)} (a RecBole .inter header, e.g. user_id:token<TAB>item_id:token)")
         names.append(name)
+        kinds[name] = kind
     if len(set(names)) != len(names):
         raise DataError(f"{path}, line 1: a column name appears twice in the header: {names}")
     missing = [name for name in REQUIRED if name not in names]
     if missing:
         raise DataError(f"{path}, line 1: the header has no {', '.join(missing)} field; it has {', '.join(names)}")
-    kinds = dict(field.partition(":")[::2] for field in line.rstrip("\r\n").split("\t"))
     listed = [f"{name}:{kinds[name]}" for name in (*REQUIRED, "timestamp") if kinds.get(name, "").endswith("_seq")]
     if listed:
         kind = "is a sequence type" if len(listed) == 1 else "are sequence types"
