@@ -103,6 +103,21 @@ def test_preprocess_of_an_inter_file_says_and_records_what_orders_it(tmp_path, m
     assert ("the header has no timestamp field" in " ".join(res.output.split())) == (order == "file order")
 
 
+@pytest.mark.parametrize("separator,users,items", [(",", 0, 0), (", ", 0, 5), (" , ", 4, 5)])
+def test_preprocess_reports_ids_with_spaces_around_them(tmp_path, monkeypatch, separator, users, items):
+    monkeypatch.chdir(tmp_path)
+    entry = {**_seqtxt("toy.csv"), "format": "amazon-ratings-csv"}
+    raw = tmp_path / "data/raw/toy/toy.csv"
+    raw.parent.mkdir(parents=True)
+    rows = [separator.join([f"u{u}", f"i{(u + k) % 5}", "5.0", str(100 + k)]) for u in range(4) for k in range(4)]
+    raw.write_text("\n".join(rows) + "\n")
+    res = runner.invoke(app, ["preprocess", "toy", "--params", _params(tmp_path, toy=entry)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert (f"{users} user and {items} item ids start or end with whitespace" in said) == bool(users or items)
+    assert ("whitespace" in said) == bool(users or items)
+
+
 def test_download_manual_source_explains_where_to_get_and_put_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MCLREC_MIRROR", raising=False)

@@ -144,6 +144,7 @@ def preprocess(
 ) -> None:
     """k-core filter, order, remap ids and split leave-one-out into Parquet."""
     from mclrec.data.preprocess import preprocess as run_preprocess
+    from mclrec.data.processed import space_padded_ids
 
     with user_errors():
         spec = config.dataset_spec(config.load_params(params), dataset)
@@ -171,6 +172,11 @@ def preprocess(
             err_console.print(f"{raw_path}: the header has no timestamp field, so each user's interactions are taken "
                               "in file order (stats.json: time_order); name the time column timestamp:float to "
                               "order by it")
+        padded = space_padded_ids(out or paths.processed_dir(dataset))
+        if any(padded.values()):
+            err_console.print(f"{raw_path}: {padded['users']} user and {padded['items']} item ids start or end with "
+                              "whitespace and are kept as written (users.parquet / items.parquet: original_id); "
+                              "for `u1, i1` write `u1,i1`")
 
 
 def _use_threads(threads: int | None) -> None:

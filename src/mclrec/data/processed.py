@@ -82,6 +82,19 @@ def catalogue_fingerprint(items_path: Path) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
+def space_padded_ids(directory: Path) -> dict[str, int]:
+    """How many user and item original ids start or end with whitespace ("users"/"items" -> count).
+
+    CSV fields are taken as written, so `u1, i1` makes the item " i1"; preprocess reports such ids, which are
+    usually a file written with ", " separators rather than ids meant to hold spaces.
+    """
+    counts = {}
+    for kind in ("users", "items"):
+        ids = pc.cast(pq.read_table(directory / f"{kind}.parquet", columns=["original_id"]).column(0), pa.string())
+        counts[kind] = int(pc.sum(pc.not_equal(pc.utf8_trim_whitespace(ids), ids)).as_py() or 0)
+    return counts
+
+
 def prefix_instances(split: Split, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All training prefixes: (inputs [N, max_len] right-padded, lengths, targets, users), by user then t.
 
