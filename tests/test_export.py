@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from mclrec.cli import app
+from mclrec.data.preprocess import preprocess
 from mclrec.data.processed import padded_inputs, prefix_instances
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +38,21 @@ def test_export_writes_our_instances_with_original_ids(tiny, tiny_dir, tmp_path)
     assert mapping[0] == "item\toriginal_id" and len(mapping) == tiny.n_items + 1
     config = (folder / "recbole.yaml").read_text()
     assert "benchmark_filename: [train, valid, test]" in config and "MAX_ITEM_LIST_LENGTH: 20" in config
+
+
+@pytest.mark.parametrize(("user", "item", "table", "shown"), [
+    ("u", "NA", "items", "'NA'"), ("u", "a b", "items", "'a b'"), ("u", 'q"', "items", "'q\"'"),
+    ("null", "i", "users", "'null'"), ('"x"', "i", "users", "'\"x\"'"),
+])
+def test_export_refuses_ids_recbole_would_read_otherwise(tmp_path, user, item, table, shown):
+    rows = [(f"U{u}", f"I{(u + k) % 6}") for u in range(6) for k in range(5)]
+    rows = [(user if u == "U0" else u, item if i == "I0" else i) for u, i in rows]  # one odd user and item
+    raw = tmp_path / "raw.inter"
+    raw.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                   + "".join(f"{u}\t{i}\t{n}\n" for n, (u, i) in enumerate(rows)))
+    preprocess(raw, "recbole-inter", 3, 1, 10, tmp_path / "processed")
+    res = runner.invoke(app, ["export", "recbole", "synthetic", "--data-dir", str(tmp_path / "processed"), "--out",
+                              str(tmp_path / "export"), "--params", str(ROOT / "params.yaml")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{table}.parquet: original {table[:-1]} ids [{shown}" in said, said
+    assert "cannot be RecBole tokens" in said and not (tmp_path / "export").exists()

@@ -90,7 +90,7 @@ def test_file_is_recboles_sasrec_state_dict_in_recboles_item_order(exported, run
                               "attn_dropout_prob": settings["attn_dropout"], "hidden_act": "gelu",
                               "layer_norm_eps": settings["layer_norm_eps"],
                               "initializer_range": settings["initializer_range"], "MAX_ITEM_LIST_LENGTH": 20,
-                              "loss_type": "CE"}
+                              "loss_type": "CE", "benchmark_filename": ["train", "valid", "test"]}
     state = ckpt["state_dict"]
     assert settings["n_layers"] == 2 and set(state) == recbole_full_keys()  # RecBole 1.2.1's own names, nothing more
     encoder = ours["modules"]["encoder"]
@@ -243,7 +243,14 @@ def test_item_order_recbole_export_reads_a_recbole_trained_file_as_ours(exported
     assert unmoved["config"]["item_order"] == "dataset" and "moved" not in said
     assert not np.array_equal(unmoved_ranks, ours[1])  # the option matters: rows taken as ours rank other items
     assert unmoved["metrics"]["test"]["HR@10"] < ours[0]["metrics"]["test"]["HR@10"] / 2
-    default, default_ranks, _ = evaluate_cli(tiny_dir, tmp_path / "default.json", *rb)  # no hint in the file
+    assert "Say which numbering they use" in fails(  # the exported config names the split it was exported for
+        "evaluate", "-d", "synthetic", "--data-dir", str(tiny_dir), "--params", PARAMS, "--device", "cpu", "--output",
+        str(tmp_path / "refused.json"), *rb)
+    hintless = torch.load(bare, weights_only=True)
+    del hintless["config"]["benchmark_filename"]
+    torch.save(hintless, tmp_path / "hintless.pth")
+    default, default_ranks, _ = evaluate_cli(tiny_dir, tmp_path / "default.json", "--checkpoint",
+                                             str(tmp_path / "hintless.pth"), "--checkpoint-format", "recbole")
     assert default["metrics"] == unmoved["metrics"] and np.array_equal(default_ranks, unmoved_ranks)
 
 

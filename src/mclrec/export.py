@@ -26,6 +26,7 @@ from mclrec.data.processed import ProcessedData, padded_inputs, prefix_instances
 from mclrec.errors import MclrecError
 from mclrec.io import atomic_open
 
+BENCHMARK_FILENAME = ["train", "valid", "test"]  # recbole.yaml's benchmark_filename: <name>.<split>.inter
 HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
 
 RECBOLE_CONFIG = """# RecBole config for the exported split (data_path: the folder that holds the {name}/ folder)
@@ -74,6 +75,8 @@ def export_recbole(data: ProcessedData, processed_dir: Path, name: str, out_dir:
     """Write out_dir/<name>/<name>.{train,valid,test}.inter, <name>.items.tsv and recbole.yaml; return the paths."""
     user_labels = _labels(processed_dir, "users", "user")
     item_labels = _labels(processed_dir, "items", "item")
+    check_recbole_tokens(user_labels, processed_dir, "users")
+    check_recbole_tokens(item_labels, processed_dir, "items")
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     splits = _split_instances(data)
@@ -126,15 +129,18 @@ def recbole_item_order(data: ProcessedData) -> np.ndarray:
     return order
 
 
-def check_recbole_tokens(item_labels: np.ndarray, processed_dir: Path) -> None:
-    """Items RecBole can tell apart: distinct tokens, none that pandas reads as missing, no whitespace (RecBole
-    splits token_seq fields on spaces)."""
-    bad = [t for t in item_labels if t in PANDAS_NA_TOKENS or t != t.strip() or any(c.isspace() for c in t)]
+def check_recbole_tokens(labels: np.ndarray, processed_dir: Path, table: str = "items") -> None:
+    """Ids RecBole reads back as they are, in `table` (users or items): distinct, none that pandas reads as missing,
+    none with a quote (pandas starts a quoted field at one, so the tab-separated rows no longer split) and no
+    whitespace (item ids stand in space-separated token_seq fields; a user id's tab or line break splits the row)."""
+    where = Path(processed_dir) / f"{table}.parquet"
+    kind = table[:-1]
+    bad = [t for t in labels if t in PANDAS_NA_TOKENS or '"' in t or any(c.isspace() for c in t)]
     if bad:
-        raise MclrecError(f"{Path(processed_dir) / 'items.parquet'}: original item ids {bad[:5]} cannot be RecBole "
-                          "tokens (pandas reads them as missing, or they hold whitespace)")
-    if len(set(item_labels)) != len(item_labels):
-        raise MclrecError(f"{Path(processed_dir) / 'items.parquet'}: original item ids are not distinct as strings")
+        raise MclrecError(f"{where}: original {kind} ids {bad[:5]} cannot be RecBole tokens (pandas, which RecBole "
+                          "reads its files with, takes them as missing values, or they hold a quote or whitespace)")
+    if len(set(labels)) != len(labels):
+        raise MclrecError(f"{where}: original {kind} ids are not distinct as strings")
 
 
 def export_recbole_checkpoint(data: ProcessedData, processed_dir: Path, checkpoint: Path, out: Path,
@@ -172,7 +178,9 @@ def export_recbole_checkpoint(data: ProcessedData, processed_dir: Path, checkpoi
     payload = {
         "state_dict": to_recbole_sasrec_state_dict(encoder, order),
         "other_parameter": None,
-        "config": recbole_sasrec_config(settings, dataset),
+        # the split it was exported for: a copy stripped of item_id_tokens is then refused without --item-order
+        # (mclrec.evaluation.evaluate.recbole_item_rows) instead of being read as if its rows were our item ids
+        "config": {**recbole_sasrec_config(settings, dataset), "benchmark_filename": BENCHMARK_FILENAME},
         "epoch": int(meta["epoch"]),
         "cur_step": 0,
         "best_valid_score": state.get("best_metric"),

@@ -14,6 +14,7 @@ from mclrec.vector_math import resolve_vector_math
 from mclrec.data.processed import ProcessedData
 from mclrec.environment import run_environment
 from mclrec.errors import MclrecError
+from mclrec.export import BENCHMARK_FILENAME as EXPORT_BENCHMARK
 from mclrec.evaluation.metrics import metrics_from_ranks
 from mclrec.evaluation.ranking import rank_all
 from mclrec.evaluation.robustness import insert_noise, length_groups
@@ -28,7 +29,6 @@ from mclrec.paths import RUN_SUMMARY
 
 
 ITEM_ORDERS = ("dataset", "recbole-export")
-EXPORT_BENCHMARK = ["train", "valid", "test"]  # benchmark_filename of `mclrec export recbole`'s recbole.yaml
 
 
 def recbole_item_rows(file: RecBoleFile, data: ProcessedData, item_order: Optional[str] = None,
