@@ -2,11 +2,15 @@
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mclrec import cli_common
 from mclrec.cli import app
 
 from .conftest import ROOT
@@ -276,3 +280,36 @@ def test_evaluate_output_must_be_a_json_file(tmp_path, monkeypatch):
     res = runner.invoke(app, ["evaluate", "-d", "synthetic", "-m", "sasrec", "--params", str(ROOT / "params.yaml"),
                               "--output", str(tmp_path / "r.txt")])
     assert res.exit_code == 1 and "--output must end in .json" in " ".join(res.output.split())
+
+
+TERMINATED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from mclrec.cli_common import exit_on_sigterm
+from mclrec.io import atomic_open
+exit_on_sigterm()
+with atomic_open(Path(sys.argv[1]), "w") as fh:
+    fh.write("half of the new")
+    os.kill(os.getpid(), signal.SIGTERM)
+    fh.write(" and the rest")
+"""
+
+
+def test_sigterm_ends_a_write_as_ctrl_c_does(tmp_path):
+    out = tmp_path / "recommendations.csv"
+    out.write_text("the previous output\n")
+    done = subprocess.run([sys.executable, "-c", TERMINATED_WRITE, str(out)], capture_output=True, text=True)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert out.read_text() == "the previous output\n" and sorted(tmp_path.iterdir()) == [out]  # no temp file left
+
+
+def test_every_command_installs_the_sigterm_exit(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        res = runner.invoke(app, ["show-config", "synthetic", "sasrec", "--params",
+                                  str(ROOT / "params.yaml")])
+        assert res.exit_code == 0, res.output
+        assert signal.getsignal(signal.SIGTERM) is cli_common._terminated
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -134,6 +134,17 @@ def test_evaluate_cli_writes_the_documented_schema(trained, tiny_dir, tmp_path):
     assert sum(g["n_users"] for g in record["groups"].values()) == len(np.load(out.with_suffix(".ranks.npy")))
 
 
+def test_a_variant_that_is_not_the_checkpoints_is_refused_before_its_results_are_filed(trained, tiny_dir, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = _evaluate("-m", "mclrec", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir))
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "a 'sasrec' run, which -m mclrec would file as mclrec's results" in said, said
+    assert not (tmp_path / "results").exists()
+    res = _evaluate("-m", "sasrec", "--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir))
+    assert res.exit_code == 0 and (tmp_path / "results" / "synthetic" / "sasrec.json").is_file()
+
+
 def test_recbole_checkpoint_gives_the_same_numbers(trained, tiny_dir, tmp_path):
     from mclrec.checkpoint import load_checkpoint
 

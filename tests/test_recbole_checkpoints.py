@@ -13,6 +13,8 @@ from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import (encoder_from_recbole, encoder_from_recbole_file, read_recbole_checkpoint,
                                    read_recbole_file, recbole_rows_to_ours, to_recbole_sasrec_state_dict)
 
+from .conftest import rot
+
 FIXTURES = Path(__file__).parent / "fixtures" / "recbole"
 RECBOLE_121 = FIXTURES / "sasrec-recbole-1.2.1.pth"  # how it was made: fixtures/recbole/README.md
 
@@ -54,6 +56,13 @@ def test_mismatches_name_both_values(tmp_path):
     with pytest.raises(MclrecError, match="pass --n-heads"):
         encoder_from_recbole_file(path, n_items=40)
     assert encoder_from_recbole_file(path, n_items=40, n_heads=4).n_items == 40
+    rotten = tmp_path / "rotten.pth"
+    rotten.write_bytes(path.read_bytes())
+    rot(rotten)
+    with pytest.raises(MclrecError, match="rotten.pth: corrupt checkpoint: .* fails its CRC check"):
+        encoder_from_recbole_file(rotten, n_items=40, n_heads=4)
+    with pytest.raises(MclrecError, match="hidden size 16 is not a multiple of 3 attention heads \\(--n-heads\\)"):
+        encoder_from_recbole_file(path, n_items=40, n_heads=3)
 
 
 def test_what_a_real_recbole_file_says_about_its_item_numbering():

@@ -110,6 +110,8 @@ def test_cli_users_and_sequences_by_original_id(model, tiny_dir):
     (["--items", " , "], "the item sequence is empty"),
     ([], "exactly one of them"),
     (["--all-users", "--output", "out.txt"], "must end in .csv, .jsonl or .parquet"),
+    (["--all-users", "-m", "sasrec"], "--checkpoint and --variant each name the checkpoint: give one of them"),
+    (["--all-users", "--published", "published-mclrec"], "--published and --checkpoint each name the checkpoint"),
 ])
 def test_cli_bad_requests_are_clear_errors(model, tiny_dir, args, message):
     run, _ = model
@@ -153,3 +155,12 @@ def test_cli_seed_names_the_run_and_threads_set_torchs(model, tiny_dir, tmp_path
     assert threads == [1] and len(res.output.strip().splitlines()) == 11  # header + k rows
     res = runner.invoke(app, args + ["--seed", "8"])
     assert res.exit_code == 1 and "seed8" in res.output
+
+
+def test_cli_stdout_holds_only_the_csv_and_a_variant_must_exist(model, tiny_dir):
+    run, _ = model
+    res = _cli(run, tiny_dir, "--all-users", "--k", "1")  # the progress bar is on: it draws on stderr
+    assert res.exit_code == 0 and res.stdout.splitlines()[0] == "user,rank,item,score"
+    res = runner.invoke(app, ["recommend", "-d", "synthetic", "-m", "nosuch", "--all-users", "--data-dir",
+                              str(tiny_dir), "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1 and "variants.nosuch: no such variant" in " ".join(res.output.split())

@@ -27,7 +27,7 @@ from mclrec import checkpoint
 from mclrec.checkpoint import CheckpointError, load_checkpoint
 from mclrec.training.trainer import train
 
-from .conftest import ROOT
+from .conftest import ROOT, rot
 from .test_end_to_end import _project_copy
 
 runner = CliRunner()
@@ -67,7 +67,7 @@ def straight(tiny, params, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("damage", ["truncated", "overwritten", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", "overwritten", "rotten", "missing"])
 def test_bad_last_checkpoint_falls_back_to_the_previous_epoch(tiny, run_cfg, straight, tmp_path, capsys, damage):
     train(_cfg(run_cfg, max_epochs=2), tiny, tmp_path, progress=False)
     assert _epochs(tmp_path) == (2, 1)
@@ -76,6 +76,8 @@ def test_bad_last_checkpoint_falls_back_to_the_previous_epoch(tiny, run_cfg, str
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     elif damage == "overwritten":  # no zip archive: torch reads it as its legacy format and fails with a KeyError
         last.write_bytes(b"hello\n")
+    elif damage == "rotten":  # torch.load would read other weights; the records' CRC-32 shows the damage
+        rot(last)
     else:
         last.unlink()
     capsys.readouterr()

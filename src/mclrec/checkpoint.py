@@ -71,6 +71,17 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep_previous: Optional
 LEGACY_READER_ERRORS = (KeyError, IndexError, TypeError, AttributeError, OverflowError)
 
 
+def damaged_record(path: Path) -> str | None:
+    """The first record of a torch zip file whose bytes fail their CRC-32, else None (also for a file that is no zip
+    archive: torch.load then says what it is). torch.load does not check the CRCs, so damage inside the weights'
+    bytes would load as other weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
+        return None
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint written by save_checkpoint."""
     path = Path(path)
@@ -78,6 +89,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty checkpoint file (a copy or write that never finished?)")
+    if (damaged := damaged_record(path)) is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint: {damaged} fails its CRC check (a damaged copy or disk?)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, UnicodeDecodeError,

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from mclrec import __version__, config, paths
-from mclrec.cli_common import ParamsOpt, check_output_file, err_console, user_errors
+from mclrec.cli_common import ParamsOpt, check_output_file, err_console, exit_on_sigterm, user_errors
 from mclrec.cpu_heap import use_huge_pages
 from mclrec.device import check_device_name
 from mclrec.errors import MclrecError
@@ -57,6 +57,7 @@ def _main(
                                  help="Print the version and exit."),
 ) -> None:
     """MCLRec and baselines: download, preprocess, train, evaluate."""
+    exit_on_sigterm()
     # before any command makes a tensor: PyTorch's CPU allocator reads this once (mclrec/cpu_heap.py)
     use_huge_pages()
 
@@ -367,6 +368,10 @@ def evaluate(
                 "the file's item_id_tokens" if how == "item_id_tokens" else f"--item-order {how}"))
         if published is not None:
             record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
+        trained_as = record["variant"]
+        if checkpoint is not None and output is None and checkpoint_format == "mclrec" and trained_as != variant:
+            raise MclrecError(f"{checkpoint}: a '{trained_as}' run, which -m {variant} would file as {variant}'s "
+                              f"results ({paths.result_file(dataset, variant)}); give -m {trained_as} or --output FILE")
         single = seed is None or checkpoint is not None
         dest = output or paths.result_file(dataset, variant if single else paths.seed_result(variant, seed))
         write_results(dest, record, ranks)
@@ -381,7 +386,7 @@ def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, 
     spec = config.checkpoint_spec(params, name)
     if spec["dataset"] != dataset:
         raise MclrecError(f"params.yaml: checkpoints.{name} was trained on dataset '{spec['dataset']}', "
-                          f"not '{dataset}'; evaluate it with --dataset {spec['dataset']}")
+                          f"not '{dataset}'; use it with --dataset {spec['dataset']}")
     path = paths.published_checkpoint(name, spec["filename"])
     if not path.is_file():
         raise MclrecError(f"{path}: not there yet; run `mclrec download {name}` (MCLREC_MIRROR for a local copy)")
@@ -441,6 +446,12 @@ def recommend(
             raise MclrecError(f"{output}: --output must end in .csv, .jsonl or .parquet")
         names, places = (list(user), None) if not users_file else read_users_file(users_file)
         fmt = CheckpointFormat(checkpoint_format).value
+        named = [option for option, value in (("--published", published), ("--checkpoint", checkpoint),
+                                              ("--variant", variant)) if value is not None]
+        if len(named) > 1:
+            raise MclrecError(f"{' and '.join(named)} each name the checkpoint: give one of them")
+        if variant is not None and not variant.startswith("grid/"):
+            config.variant_spec(params_dict, variant)
         if published is not None:
             checkpoint, fmt = _published_checkpoint(params_dict, published, dataset)
             n_heads = n_heads or params_dict["checkpoints"][published].get("n_heads")
@@ -469,7 +480,7 @@ def recommend(
                 ids = np.arange(1, data.n_users + 1)
             else:
                 ids = catalogue.user_ids(names, places)
-            with Progress(disable=not (progress and all_users), transient=True) as bar:
+            with Progress(disable=not (progress and all_users), transient=True, console=err_console) as bar:
                 task = bar.add_task("recommending", total=len(ids))
                 frame = recommend_users(encoder, data, catalogue, ids, k, dev, exclude_seen, buckets,
                                         on_chunk=lambda n: bar.advance(task, n))

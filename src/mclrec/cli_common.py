@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -37,3 +39,17 @@ def user_errors() -> Iterator[None]:
     except (MclrecError, OSError) as exc:
         err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def exit_on_sigterm() -> None:
+    """Let SIGTERM (Snakemake or SLURM cancelling a job, `kill`) end a command as Ctrl-C does: through its clean-ups,
+    so an atomic write in progress removes its temp file and the previous output stays; exit status 143.
+
+    Python's default for SIGTERM ends the process on the spot. A handler someone else installed is left alone.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

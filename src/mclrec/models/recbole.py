@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from mclrec.checkpoint import damaged_record
 from mclrec.errors import MclrecError
 from mclrec.models.encoder import SASRecEncoder
 
@@ -94,6 +95,8 @@ class RecBoleFile:
 def read_recbole_file(path: str | os.PathLike) -> RecBoleFile:
     """A RecBole checkpoint read without importing RecBole and without running code from the file: every pickled
     class other than tensors and plain containers becomes an inert Placeholder."""
+    if os.path.isfile(path) and (damaged := damaged_record(path)) is not None:
+        raise MclrecError(f"{path}: corrupt checkpoint: {damaged} fails its CRC check (a damaged copy or disk?)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
     except FileNotFoundError as err:
@@ -159,6 +162,10 @@ def encoder_from_recbole_file(path: str | os.PathLike | RecBoleFile, n_items: in
     if heads is None:
         raise MclrecError(f"{path}: the checkpoint carries no config, so its number of attention heads is unknown "
                           "(the weights' shapes do not show it); pass --n-heads (the published MCLRec uses 2)")
+    hidden = state_dict["item_embedding.weight"].shape[1] if "item_embedding.weight" in state_dict else None
+    if hidden is not None and hidden % heads:
+        raise MclrecError(f"{path}: its hidden size {hidden} is not a multiple of {heads} attention heads"
+                          + (" (--n-heads)" if settings.get("n_heads") is None else ""))
     encoder = encoder_from_recbole(state_dict, n_items=n_items, n_heads=heads,
                                    layer_norm_eps=float(settings.get("layer_norm_eps", 1e-12)))
     built = {"n_layers": len(encoder.trm_encoder.layer), "n_heads": heads, "hidden_size": encoder.LayerNorm.normalized_shape[0],
