@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -102,6 +103,22 @@ def test_fresh_start_never_falls_back_into_the_old_run(tiny, run_cfg, tmp_path):
     train(_cfg(run_cfg, max_epochs=1, seed=5), tiny, tmp_path, progress=False)
     assert not (tmp_path / "last.prev.pt").exists() and not (tmp_path / ".last.pt.abc123.tmp").exists()
     assert load_checkpoint(tmp_path / "last.pt")["config"]["seed"] == 5
+
+
+def test_a_fresh_run_removes_the_old_summary_with_its_first_checkpoints(tiny, run_cfg, tmp_path, monkeypatch):
+    from mclrec.training import trainer
+
+    train(_cfg(run_cfg, max_epochs=1), tiny, tmp_path, progress=False)
+    assert (tmp_path / "summary.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed after the first epoch's checkpoints")
+
+    monkeypatch.setattr(trainer, "_write_log", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_cfg(run_cfg, max_epochs=2, seed=5), tiny, tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "best.pt")["config"]["seed"] == 5
+    assert not (tmp_path / "summary.json").exists()  # the old run's, which would describe the new best.pt
 
 
 def _fingerprint(run_dir: Path) -> dict[str, str]:
@@ -364,3 +381,26 @@ def test_outputs_get_the_mode_of_a_plain_open(tmp_path, mask):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_results_json_and_its_side_files_are_replaced_together(tmp_path, monkeypatch):
+    from mclrec.evaluation import evaluate as evaluation
+
+    out = tmp_path / "sasrec.json"
+    old = {out: "old results\n", tmp_path / "sasrec.metrics.json": "old metrics\n", tmp_path / "sasrec.ranks.npy": "x"}
+    for path, text in old.items():
+        path.write_text(text)
+    record = {"metrics": {"test": {"HR@10": 0.5}, "valid": {"HR@10": 0.4}}, "variant": "sasrec"}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluation.np, "save", full_disk)  # the last of the three files fails
+    with pytest.raises(WriteError, match=r"sasrec\.ranks\.npy: cannot write"):
+        evaluation.write_results(out, record, np.arange(3))
+    assert {path: path.read_text() for path in old} == old and sorted(tmp_path.iterdir()) == sorted(old)
+    monkeypatch.undo()
+    evaluation.write_results(out, record, np.arange(3))
+    assert json.loads(out.read_text()) == record and sorted(tmp_path.iterdir()) == sorted(old)
+    assert json.loads((tmp_path / "sasrec.metrics.json").read_text()) == record["metrics"]
+    assert np.load(tmp_path / "sasrec.ranks.npy").tolist() == [0, 1, 2]

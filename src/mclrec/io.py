@@ -45,18 +45,35 @@ def atomic_path(path: str | os.PathLike, keep_previous: Optional[str | os.PathLi
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make every output private
     try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp_path, path)
+        with naming(path):
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            if keep_previous is not None and path.exists():
+                os.replace(path, keep_previous)
+            os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Report a disk-full error (ENOSPC, EFBIG, EDQUOT) raised in the block as a WriteError naming `path`."""
+    try:
+        yield
     except OSError as exc:
         if isinstance(exc, WriteError) or exc.errno not in NO_SPACE_ERRNOS:
             raise
         raise write_error(path, exc) from exc
-    finally:
-        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temp paths for files that belong together (a results JSON and its side files): none replaces its target until
+    every one is written, then they are renamed last to first, so the first, by which the others are found, comes
+    last. A failure while writing leaves every previous version in place (wrap each write in `naming`)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(path)) for path in paths]
 
 
 def _umask() -> int:
@@ -83,7 +100,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented, key-sorted JSON, atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp:
+        dump_json(tmp, obj)
+
+
+def dump_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON to `path` (a temp file of atomic_path or atomic_paths)."""
+    with open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
         fh.write("\n")
 
@@ -111,5 +134,10 @@ def metrics_path(results_path: str | os.PathLike) -> Path:
 
 def write_metrics(results_path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Write only the test and validation metrics of a results (or aggregate) document beside it, atomically."""
+    write_json(metrics_path(results_path), metrics_only(record))
+
+
+def metrics_only(record: dict[str, Any]) -> dict[str, Any]:
+    """The test and validation metrics of a results (or aggregate) document: what its .metrics.json holds."""
     metrics = record.get("metrics", {})
-    write_json(metrics_path(results_path), {split: metrics[split] for split in ("test", "valid") if split in metrics})
+    return {split: metrics[split] for split in ("test", "valid") if split in metrics}

@@ -18,7 +18,7 @@ from mclrec.export import BENCHMARK_FILENAME as EXPORT_BENCHMARK
 from mclrec.evaluation.metrics import metrics_from_ranks
 from mclrec.evaluation.ranking import rank_all
 from mclrec.evaluation.robustness import insert_noise, length_groups
-from mclrec.io import atomic_path, sha256_file, write_json, write_metrics
+from mclrec.io import atomic_paths, dump_json, metrics_only, metrics_path, naming, sha256_file
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.recbole import RecBoleFile, encoder_from_recbole_file, item_order_from_tokens, read_recbole_file
 from mclrec.data.instances import eval_instances
@@ -210,9 +210,15 @@ def results_record(dataset: str, result: dict[str, Any], meta: dict[str, Any], c
 
 
 def write_results(path: Path, record: dict[str, Any], test_ranks: Optional[np.ndarray] = None) -> None:
-    """Write the results JSON (and, if given, per-user test ranks beside it as .ranks.npy) atomically."""
-    if test_ranks is not None:
-        with atomic_path(path.with_suffix(".ranks.npy")) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, test_ranks.astype(np.int64))
-    write_json(path, record)
-    write_metrics(path, record)
+    """Write the results JSON, its .metrics.json and, if given, the per-user test ranks as .ranks.npy, together: all
+    three new, or (on any failure) all three as they were."""
+    ranks = path.with_suffix(".ranks.npy")
+    targets = [path, metrics_path(path)] + ([ranks] if test_ranks is not None else [])
+    with atomic_paths(*targets) as temps:
+        with naming(path):
+            dump_json(temps[0], record)
+        with naming(targets[1]):
+            dump_json(temps[1], metrics_only(record))
+        if test_ranks is not None:
+            with naming(ranks), open(temps[2], "wb") as fh:
+                np.save(fh, test_ranks.astype(np.int64))

@@ -571,6 +571,8 @@ def train(cfg: RunConfig | dict, data: ProcessedData, run_dir: Path, resume: str
                       "eval_seconds": time.monotonic() - t0 - train_time, "world_size": world_size}
             state.log.append(record)
             decision = judge(metric, state.best_metric, state.bad_epochs, cfg.patience, cfg.early_stopping)
+            if main and epoch == 1:  # a fresh run's first checkpoints replace a previous run's: its summary goes too
+                (run_dir / SUMMARY).unlink(missing_ok=True)
             if decision.improved:
                 state.best_metric, state.best_epoch, state.best_valid, state.bad_epochs = decision.score, epoch, valid, 0
                 best_modules = _module_states(parts)
