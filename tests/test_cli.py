@@ -150,6 +150,10 @@ def test_download_from_mirror_verifies_checksum(tmp_path, monkeypatch):
     res = runner.invoke(app, ["download", "ok", "--params", params], env={"MCLREC_MIRROR": str(mirror)})
     assert res.exit_code == 0, res.output
     assert (tmp_path / "data/raw/ok/toy.txt").read_text() == "1 1 2 3\n"
+    (tmp_path / "data/raw/ok/toy.txt").unlink()
+    res = runner.invoke(app, ["download", "ok", "--params", params], env={"MCLREC_MIRROR": str(tmp_path / "mirrr")})
+    assert res.exit_code == 1 and "mirrr: the mirror folder (MCLREC_MIRROR) does not exist" in " ".join(res.output.split())
+    assert not any((tmp_path / "data/raw/ok").iterdir())
 
 
 def test_unknown_dataset_and_bad_override(tmp_path):

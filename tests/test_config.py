@@ -160,10 +160,14 @@ def test_minimal_params_get_schema_defaults(tmp_path):
 
 
 def test_study_names_must_exist(tmp_path):
-    with pytest.raises(ConfigError, match="study.table4: 'mclrec-no-xyz' is not in variants"):
+    table4, datasets = _line_of("  table4: ["), _line_of("datasets: [beauty, sports, yelp]")
+    with pytest.raises(ConfigError, match=f"params.yaml:{table4}: study.table4: 'mclrec-no-xyz' is not in variants"):
         _load_with(tmp_path, "mclrec-no-reg, mclrec-shared]", "mclrec-no-xyz, mclrec-shared]")
-    with pytest.raises(ConfigError, match="study.datasets: 'ml1m' is not in datasets"):
+    with pytest.raises(ConfigError, match=f"params.yaml:{datasets}: study.datasets: 'ml1m' is not in datasets"):
         _load_with(tmp_path, "datasets: [beauty, sports, yelp]", "datasets: [beauty, ml1m]")
+    sizes = _line_of("  batch_sizes: {")
+    with pytest.raises(ConfigError, match=f"params.yaml:{sizes}: study.batch_sizes.64: 'mclrec-b65' is not in"):
+        _load_with(tmp_path, '"64": mclrec-b64', '"64": mclrec-b65')
 
 
 def test_run_config_has_exactly_the_schema_settings(params):

@@ -325,5 +325,7 @@ def test_a_recbole_config_of_the_exported_files_must_say_its_item_order(exported
     message = fails(*base, "--checkpoint", str(run / "best.pt"), "--checkpoint-format", "mclrec", "--item-order",
                     "recbole-export")
     assert "applies to RecBole checkpoints" in message
+    message = fails(*base, "--checkpoint", str(pth), "--checkpoint-format", "mclrec")  # the format left at its default
+    assert "not an mclrec checkpoint" in message and "read those with --checkpoint-format recbole" in message
     message = fails(*base, "--checkpoint", str(pth), "--item-order", "ours")  # a closed choice: the CLI lists them
     assert "'ours'" in message and "'dataset', 'recbole-export'" in message

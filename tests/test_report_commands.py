@@ -44,8 +44,11 @@ def test_curves_overlays_the_study_seeds(tmp_path):
         log.write_text("".join(json.dumps(r) + "\n" for r in records))
     args = ["report", "curves", "synthetic", "mclrec", "--params", _params(tmp_path, [0, 1, 2]),
             "--models", str(tmp_path / "models"), "--out", str(tmp_path / "curves")]
-    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "warning" not in res.output
     assert (tmp_path / "curves" / "synthetic" / "mclrec.png").stat().st_size > 1000
+    res = runner.invoke(app, args[:3] + ["sasrec"] + args[4:])  # no run of it: a placeholder, and a warning
+    assert res.exit_code == 0 and "warning: no training log of synthetic/sasrec" in " ".join(res.output.split())
 
 
 def test_curves_of_the_reference_runs_read_their_committed_logs(tmp_path, monkeypatch):

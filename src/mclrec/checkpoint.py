@@ -98,7 +98,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise _unreadable(path, exc) from None
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
-        raise CheckpointError(f"{path}: not an mclrec checkpoint (missing keys: {', '.join(missing)})")
+        hint = ("; it holds a RecBole-style state_dict: evaluate and recommend read those with --checkpoint-format "
+                "recbole") if isinstance(payload, dict) and "state_dict" in payload else ""
+        raise CheckpointError(f"{path}: not an mclrec checkpoint (missing keys: {', '.join(missing)}){hint}")
     if payload["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {payload['format_version']}, expected {FORMAT_VERSION}")
     for key, value in LEGACY_SETTINGS.items():

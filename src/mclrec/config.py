@@ -82,35 +82,49 @@ def study_defaults() -> dict[str, Any]:
     return section_defaults("study")
 
 
-def _check_study(params: dict, source: str) -> None:
+def _where(source: str, root: yaml.Node | None, path: list) -> str:
+    """`source:line` of the key at `path` (its deepest existing ancestor's line), or `source` without a line."""
+    line = _node_line(root, path)
+    return f"{source}:{line}" if line else source
+
+
+def _check_study(params: dict, source: str, root: yaml.Node | None = None) -> None:
     """Every dataset and variant the study section names must be defined."""
     study = params.get("study", {})
-    for name in study.get("datasets", []):
+
+    def fail(path: list, message: str) -> ConfigError:  # the line of the list item, the key without its index
+        key = ".".join(str(p) for p in path if not isinstance(p, int))
+        return ConfigError(f"{_where(source, root, path)}: {key}: {message}")
+
+    for i, name in enumerate(study.get("datasets", [])):
         if name not in params["datasets"]:
-            raise ConfigError(f"{source}: study.datasets: '{name}' is not in datasets")
-    for name in study.get("length_groups", []):
+            raise fail(["study", "datasets", i], f"'{name}' is not in datasets")
+    for i, name in enumerate(study.get("length_groups", [])):
         if name not in params["datasets"]:
-            raise ConfigError(f"{source}: study.length_groups: '{name}' is not in datasets")
+            raise fail(["study", "length_groups", i], f"'{name}' is not in datasets")
         if "group_of" not in params["datasets"][name]:
-            raise ConfigError(f"{source}: study.length_groups: datasets.{name} has no group_of (the dataset it groups)")
+            raise fail(["study", "length_groups", i], f"datasets.{name} has no group_of (the dataset it groups)")
     for name, spec in params["datasets"].items():
         if "group_of" in spec and spec["group_of"] not in params["datasets"]:
-            raise ConfigError(f"{source}: datasets.{name}.group_of: '{spec['group_of']}' is not in datasets")
-    named = [(k, v) for k in ("table3", "table4", "joint_vs_meta", "robustness") for v in study.get(k, [])]
-    named += [("batch_sizes", v) for v in study.get("batch_sizes", {}).values()]
-    for key, name in named:
+            raise fail(["datasets", name, "group_of"], f"'{spec['group_of']}' is not in datasets")
+    named = [([k, i], v) for k in ("table3", "table4", "joint_vs_meta", "robustness")
+             for i, v in enumerate(study.get(k, []))]
+    named += [(["batch_sizes", size], v) for size, v in study.get("batch_sizes", {}).items()]
+    for path, name in named:
         if name not in params["variants"]:
-            raise ConfigError(f"{source}: study.{key}: '{name}' is not in variants")
+            raise fail(["study", *path], f"'{name}' is not in variants")
 
 
-def _check_checkpoints(params: dict, source: str) -> None:
+def _check_checkpoints(params: dict, source: str, root: yaml.Node | None = None) -> None:
     """A published checkpoint names a declared dataset, and its name is neither a dataset's nor a variant's."""
     for name, spec in params.get("checkpoints", {}).items():
         if spec["dataset"] not in params["datasets"]:
-            raise ConfigError(f"{source}: checkpoints.{name}.dataset: '{spec['dataset']}' is not in datasets")
+            raise ConfigError(f"{_where(source, root, ['checkpoints', name, 'dataset'])}: checkpoints.{name}.dataset: "
+                              f"'{spec['dataset']}' is not in datasets")
         for section in ("datasets", "variants"):
             if name in params[section]:
-                raise ConfigError(f"{source}: checkpoints.{name}: the name is also one of {section}; pick another")
+                raise ConfigError(f"{_where(source, root, ['checkpoints', name])}: checkpoints.{name}: the name is "
+                                  f"also one of {section}; pick another")
 
 
 def _node_line(root: yaml.Node | None, path: list) -> int | None:
@@ -209,8 +223,8 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     validate_params(params, str(path), root)
     params["train"] = {**settings_defaults(), **params["train"]}
-    _check_study(params, str(path))
-    _check_checkpoints(params, str(path))
+    _check_study(params, str(path), root)
+    _check_checkpoints(params, str(path), root)
     params["study"] = {**study_defaults(), **params.get("study", {})}
     params["evaluate"] = {**section_defaults("evaluate"), **params.get("evaluate", {})}
     return params

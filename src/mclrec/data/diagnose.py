@@ -39,8 +39,9 @@ def _csv_row_problem(row: list[str]) -> str | None:
     for name, value in zip(CSV_FIELDS, row):
         if value == "":
             return f"missing field {name!r}"
-    if not _INT.fullmatch(row[3]):
-        return f"timestamp {row[3]!r} is not an integer"
+    if not _INT.fullmatch(row[3].strip()):
+        header = " (the file has no header line: remove it)" if row[3].strip().lower() in ("timestamp", "time", "ts") else ""
+        return f"timestamp {row[3]!r} is not an integer{header}"
     return None
 
 

@@ -33,6 +33,8 @@ def fetch_raw(
     if dest.exists():
         verify_existing(dest, expected, declared_in)
         return dest
+    if mirror is not None and not Path(mirror).is_dir():
+        raise DataError(f"{mirror}: the mirror folder ({MIRROR_ENV}) does not exist")
     if mirror is not None or "url" in source:
         fresh = [folder for folder in dest.parents if not folder.exists()]  # innermost first
         try:

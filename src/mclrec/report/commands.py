@@ -261,6 +261,10 @@ def curves(
             folders = {k: reference_paths(reference / dataset, variant, k)[1] for k in seeds}
         runs = {f"seed {k}": read_log(folder / paths.RUN_LOG) for k, folder in folders.items()}
         best = {f"seed {k}": read_best_epoch(folder / paths.RUN_SUMMARY) for k, folder in folders.items()}
+        if not any(runs.values()):
+            where = ", ".join(str(folder / paths.RUN_LOG) for folder in folders.values())
+            err_console.print(f"warning: no training log of {dataset}/{variant} (looked for {where}); the figure says "
+                              "'no runs yet'")
         figures.plot_training_curves(runs, f"{dataset} / {variant}: training curves", out / dataset / f"{variant}.png",
                                      metric=params_dict["train"]["valid_metric"], best=best)
 
@@ -292,8 +296,9 @@ def render(
         runs = [(f"figures/curves/{d}/{v}.png", f"{d} / {v}") for d in datasets for v in params_dict["variants"]]
         sections.append(("Training curves", _figure_links(runs, results, output) or "No training curves built yet."))
         seeds = study["seeds"]
-        sections.append(("Notes", "Fig. 8 here evaluates one model per run on each user group (the paper trained "
-                                  f"one model per group). Seeds per run: {len(seeds)} ({', '.join(map(str, seeds))})."))
+        sections.append(("Notes", "Fig. 8 comes twice: groups-<dataset> scores one model per run on each user group, "
+                                  "groups_trained trains one model per group, as the paper did. Seeds per run: "
+                                  f"{len(seeds)} ({', '.join(map(str, seeds))})."))
         commands = command or COMMANDS
         write_report(render_report(sections, environment_info(), commands), output)
 
