@@ -152,7 +152,8 @@ def test_download_from_mirror_verifies_checksum(tmp_path, monkeypatch):
     assert (tmp_path / "data/raw/ok/toy.txt").read_text() == "1 1 2 3\n"
     (tmp_path / "data/raw/ok/toy.txt").unlink()
     res = runner.invoke(app, ["download", "ok", "--params", params], env={"MCLREC_MIRROR": str(tmp_path / "mirrr")})
-    assert res.exit_code == 1 and "mirrr: the mirror folder (MCLREC_MIRROR) does not exist" in " ".join(res.output.split())
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "mirrr: the mirror folder (MCLREC_MIRROR) does not exist" in said
     assert not any((tmp_path / "data/raw/ok").iterdir())
 
 

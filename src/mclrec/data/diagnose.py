@@ -40,7 +40,8 @@ def _csv_row_problem(row: list[str]) -> str | None:
         if value == "":
             return f"missing field {name!r}"
     if not _INT.fullmatch(row[3].strip()):
-        header = " (the file has no header line: remove it)" if row[3].strip().lower() in ("timestamp", "time", "ts") else ""
+        named = row[3].strip().lower() in ("timestamp", "time", "ts")
+        header = " (the format has no header line: remove it)" if named else ""
         return f"timestamp {row[3]!r} is not an integer{header}"
     return None
 
