@@ -100,7 +100,7 @@ def test_ratings_csv_gzip_detected_by_magic_bytes(tmp_path):
         ("a,b,5,1\nc,d,5,\n", r"line 2: missing field 'timestamp'"),
         ("a,b,5,1\nc,d,5,12.5\n", r"line 2: timestamp '12.5' is not an integer"),
         ("a,b,5,1\nc,d,5,1\ne,f,4,soon\n", r"line 3: timestamp 'soon' is not an integer"),
-        ("user,item,rating,timestamp\na,b,5,1\n", r"line 1: timestamp 'timestamp' is not an integer \(the file has no"),
+        ("user,item,rating,timestamp\na,b,5,1\n", r"line 1: timestamp 'timestamp' is not an integer \(the format has no"),
         ("", r"no interactions"),
     ],
 )
