@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from mclrec import config
 from mclrec.data.preprocess import preprocess
@@ -59,6 +60,34 @@ def test_params_declare_the_groups_with_their_parent(params):
         assert spec["source"] == parent["source"] and spec["filename"] == parent["filename"]
         assert spec["overrides"] == parent["overrides"]
     assert params["study"]["length_groups"] == list(TABLE5)
+
+
+def test_groups_read_their_parents_raw_file_in_every_workflow(params, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mclrec.cli import app
+
+    assert {name: config.raw_source(params, name) for name in TABLE5} == {n: n.split("-")[0] for n in TABLE5}
+    own = {**params, "datasets": {**params["datasets"], "yelp-len5": {**params["datasets"]["yelp-len5"],
+                                                                      "filename": "other.txt"}}}
+    assert config.raw_source(own, "yelp-len5") == "yelp-len5"  # another file: its own folder
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages["download"]["foreach"]) == set(params["datasets"]) - set(TABLE5)
+    assert stages["preprocess"]["foreach"]["sports-len5"]["raw"] == "sports"
+    assert stages["preprocess"]["do"]["deps"][0] == "data/raw/${item.raw}/${item.filename}"
+
+    monkeypatch.chdir(tmp_path)  # the CLI: download fills the parent's folder, preprocess reads it from there
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    spec = params["datasets"]["sports-len5"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["preprocess", "sports-len5", "--params", str(ROOT / "params.yaml")])
+    raw = f"data/raw/sports/{spec['filename']}"
+    assert res.exit_code == 1 and raw in res.output and "mclrec download sports" in " ".join(res.output.split())
+    res = runner.invoke(app, ["download", "sports-len5", "--params", str(ROOT / "params.yaml")],
+                        env={"MCLREC_MIRROR": str(mirror)})
+    assert res.exit_code == 1 and f"{mirror / spec['filename']}: not found in the mirror" in " ".join(res.output.split())
+    assert not (tmp_path / "data" / "raw" / "sports-len5").exists()
 
 
 def test_length_group_naming_an_unknown_parent_is_refused(tmp_path):

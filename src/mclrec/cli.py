@@ -92,13 +92,15 @@ def download(
             err_console.print(f"checkpoint ready: {dest}")
             return
         spec = config.dataset_spec(params_dict, name)
-        dest = paths.raw_file(name, spec["filename"], raw_root)
+        owner = config.raw_source(params_dict, name)  # a length group reads its parent's file
+        dest = paths.raw_file(owner, spec["filename"], raw_root)
         if "generator" in spec["source"]:
             _generate(spec, dest)
         else:
-            declared_in = f"{params}: datasets.{name}.source.sha256"
-            dest = fetch_raw(name, spec["source"], spec["filename"], dest.parent, mirror, declared_in)
-        err_console.print(f"raw file ready: {dest}")
+            declared_in = f"{params}: datasets.{owner}.source.sha256"
+            dest = fetch_raw(owner, spec["source"], spec["filename"], dest.parent, mirror, declared_in)
+        shared = f" ({name} reads {owner}'s raw file)" if owner != name else ""
+        err_console.print(f"raw file ready: {dest}{shared}")
 
 
 @app.command()
@@ -148,11 +150,13 @@ def preprocess(
     from mclrec.data.processed import space_padded_ids
 
     with user_errors():
-        spec = config.dataset_spec(config.load_params(params), dataset)
+        params_dict = config.load_params(params)
+        spec = config.dataset_spec(params_dict, dataset)
         prep = spec["preprocess"]
-        raw_path = raw or paths.raw_file(dataset, spec["filename"])
+        owner = config.raw_source(params_dict, dataset)  # a length group reads its parent's file
+        raw_path = raw or paths.raw_file(owner, spec["filename"])
         if not raw_path.is_file():
-            hint = "check the --raw path" if raw else f"run `mclrec download {dataset}` first"
+            hint = "check the --raw path" if raw else f"run `mclrec download {owner}` first"
             raise MclrecError(f"{raw_path}: raw file not found; {hint}")
         stats = run_preprocess(
             raw_path,

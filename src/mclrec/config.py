@@ -238,6 +238,16 @@ def dataset_spec(params: dict, name: str) -> dict:
     return datasets[name]
 
 
+def raw_source(params: dict, name: str) -> str:
+    """The dataset whose raw file `name` reads: for a length group (`group_of`) that declares its parent's source and
+    filename (`<<: *parent`), the parent, so the file is fetched once into data/raw/<parent>/; else `name` itself."""
+    spec = dataset_spec(params, name)
+    parent = params["datasets"].get(spec.get("group_of"))
+    if parent is not None and (parent["source"], parent["filename"]) == (spec["source"], spec["filename"]):
+        return spec["group_of"]
+    return name
+
+
 def checkpoint_spec(params: dict, name: str) -> dict:
     """The checkpoints.<name> entry, or a ConfigError listing the declared checkpoints."""
     declared = params.get("checkpoints", {})

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from mclrec import pipeline
+from mclrec import config, pipeline
 from mclrec.pipeline import KINDS
 from mclrec.paths import PROCESSED_FILES
 
@@ -86,10 +86,12 @@ def stages(params: Mapping, raw: Mapping) -> dict[str, dict]:
     present = [key for key in ("evaluate", "study.seeds", "study.datasets", "study.noise") if _present(raw, key)]
     seeds_param = ["study.seeds"] if "study.seeds" in present else []
     out: dict[str, dict] = {}
-    datasets = {d: {"dataset": d, "filename": spec["filename"]} for d, spec in params["datasets"].items()}
-    out["download"] = _stage("download", datasets, [], ["datasets.${item.dataset}.source",
-                                                        "datasets.${item.dataset}.filename"])
-    out["preprocess"] = _stage("preprocess", datasets, ["data/raw/${item.dataset}/${item.filename}", *_code("preprocess")],
+    datasets = {d: {"dataset": d, "filename": spec["filename"], "raw": config.raw_source(params, d)}
+                for d, spec in params["datasets"].items()}
+    fetched = {d: {k: v for k, v in item.items() if k != "raw"} for d, item in datasets.items() if item["raw"] == d}
+    out["download"] = _stage("download", fetched, [], ["datasets.${item.dataset}.source",
+                                                       "datasets.${item.dataset}.filename"])
+    out["preprocess"] = _stage("preprocess", datasets, ["data/raw/${item.raw}/${item.filename}", *_code("preprocess")],
                                ["datasets.${item.dataset}.format", "datasets.${item.dataset}.preprocess"])
     checkpoints = params.get("checkpoints", {})
     if checkpoints:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from mclrec import paths, pipeline
-from mclrec.config import load_params, resolve_run
+from mclrec.config import load_params, raw_source, resolve_run
 from mclrec.device import visible_gpu_count
 
 # params.yaml read exactly as the CLI reads it: schema-validated (errors name file, line and key), defaults
@@ -35,8 +35,9 @@ def code(kind):
 
 
 def raw_file(wildcards):
-    """The raw file a dataset's preprocessing reads."""
-    return paths.RAW.format(dataset=wildcards.dataset, filename=config["datasets"][wildcards.dataset]["filename"])
+    """The raw file a dataset's preprocessing reads (a length group: its parent's)."""
+    owner = raw_source(config, wildcards.dataset)
+    return paths.RAW.format(dataset=owner, filename=config["datasets"][wildcards.dataset]["filename"])
 
 
 def dataset_source(wildcards):
