@@ -8,12 +8,13 @@ from typer.testing import CliRunner
 from mclrec.cli import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _seed_run(root, dataset="beauty", variant="mclrec", seed=0, test=None):
+def _seed_run(root, dataset="beauty", variant="mclrec", seed=0, test=None, config=None, dirty=False):
     run = root / "models" / dataset / variant / f"seed{seed}"
     run.mkdir(parents=True)
-    env = {"cpu": "AMD EPYC", "threads": 1, "torch": "2.13.0+cpu", "git": {"commit": "0123456789abcdef", "dirty": False}}
+    env = {"cpu": "AMD EPYC", "threads": 1, "torch": "2.13.0+cpu", "git": {"commit": "0123456789abcdef", "dirty": dirty}}
     (run / "summary.json").write_text(json.dumps({"epochs_run": 23, "best_epoch": 12, "train_seconds": 5400.0,
                                                   "stopped": "early stop", "environment": env}))
     (run / "log.jsonl").write_text('{"epoch": 1}\n')
@@ -22,11 +23,20 @@ def _seed_run(root, dataset="beauty", variant="mclrec", seed=0, test=None):
     results.mkdir(parents=True, exist_ok=True)
     test = test or {"HR@20": 0.1234, "NDCG@20": 0.0532}
     (results / f"seed{seed}.json").write_text(json.dumps({"dataset": dataset, "variant": variant, "seed": seed,
-                                                          "metrics": {"test": test}}))
+                                                          "metrics": {"test": test}, "config": config or {}}))
+
+
+def _trained_as_today(dataset, variant, **changes):
+    """The settings today's params.yaml gives a CPU run of dataset/variant, with `changes`."""
+    from mclrec import config
+    from mclrec.run_config import RunConfig
+
+    params = config.load_params(ROOT / "params.yaml")
+    return RunConfig.of(config.resolve_run(params, dataset, variant)).on_device("cpu").replace(**changes).to_dict()
 
 
 def test_reference_copies_the_small_files_and_writes_runs_md(tmp_path):
-    _seed_run(tmp_path)
+    _seed_run(tmp_path, config=_trained_as_today("beauty", "mclrec", lr=0.002, seed=0, num_threads=1), dirty=True)
     out = tmp_path / "results" / "reference"
     res = runner.invoke(app, ["report", "reference", "beauty", "mclrec", "--results", str(tmp_path / "results"),
                               "--models", str(tmp_path / "models"), "--out", str(out)])
@@ -35,7 +45,8 @@ def test_reference_copies_the_small_files_and_writes_runs_md(tmp_path):
     assert (out / "beauty" / "mclrec" / "log.jsonl").read_text() == '{"epoch": 1}\n'
     assert not list(out.rglob("*.pt"))  # never checkpoints
     runs = (out / "beauty" / "RUNS.md").read_text()
-    assert "| mclrec | 0 | 23 (12) | early stop | 1.50 | AMD EPYC | 1 | 2.13.0+cpu | 0123456789 | - | 0.1234 | - | 0.0532 |" in runs
+    assert ("| mclrec | 0 | 23 (12) | early stop | 1.50 | AMD EPYC | 1 | 2.13.0+cpu | 0123456789-dirty "
+            "| `--set lr=0.002` | - | 0.1234 | - | 0.0532 |") in runs
     assert "Over seeds" not in runs  # one seed: no spread to show
 
 
@@ -104,3 +115,23 @@ def test_seed_0_is_also_taken_from_the_single_run_results(tmp_path):
     (folder / "cl4srec-orig.json").unlink()
     res = _add(tmp_path, "cl4srec-orig", 0)
     assert res.exit_code == 1 and "cl4srec-orig.json exists" in " ".join(res.output.split())
+
+
+def test_runs_md_says_what_an_older_run_needs_and_whose_environment_it_shows(tmp_path):
+    from mclrec import config
+    from mclrec.report.reference import runs_rows
+
+    params = config.load_params(ROOT / "params.yaml")
+    folder = tmp_path / "beauty"
+    (folder / "sasrec").mkdir(parents=True)
+    today = _trained_as_today("beauty", "sasrec", seed=0)
+    older = {k: v for k, v in today.items() if k not in ("adam", "fused_losses")}  # settings it predates
+    env = {"cpu": "AMD EPYC", "torch": "2.13.0+cpu", "git": {"commit": "fedcba9876543210", "dirty": False}}
+    (folder / "sasrec.json").write_text(json.dumps({"variant": "sasrec", "seed": 0, "config": older,
+                                                    "environment": {**env, "training": None}}))
+    (folder / "sasrec" / "summary.json").write_text(json.dumps({"epochs_run": 3, "best_epoch": 2}))
+    [row] = runs_rows(folder, params)
+    assert row["settings"] == "--set adam=foreach --set fused_losses=false"  # what checkpoints of its time ran
+    assert row["commit"] == "fedcba9876 (evaluation's)"
+    (folder / "sasrec.json").write_text(json.dumps({"variant": "gone", "seed": 0, "config": today}))
+    assert runs_rows(folder, params)[0]["settings"] == "?"

@@ -210,13 +210,15 @@ def reference(
     results: Path = ResultsOpt,
     models: Path = ModelsOpt,
     out: Path = typer.Option(Path("results/reference"), help="Reference root (committed to git)."),
+    params: Path = ParamsOpt,
 ) -> None:
     """Add a finished seed run to the committed reference runs (results JSON, log.jsonl, summary.json, RUNS.md)."""
     from mclrec.report.reference import add_reference, reference_paths
 
     with _guard():
+        params_dict = config.load_params(params)
         checkpoint, results_file = seed_run_paths(dataset, variant, seed, results, models)
-        dest = add_reference(dataset, variant, results_file, checkpoint.parent, out)
+        dest = add_reference(dataset, variant, results_file, checkpoint.parent, out, params_dict)
         run_folder = reference_paths(out / dataset, variant, seed)[1]
         err_console.print(f"{dest} (and {run_folder}/, {out / dataset / 'RUNS.md'})")
 

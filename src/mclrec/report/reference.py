@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
+
 from mclrec.errors import MclrecError
 from mclrec.io import atomic_open, atomic_path
 from mclrec.paths import RUN_LOG, RUN_SUMMARY
@@ -25,9 +27,10 @@ def reference_paths(folder: Path, variant: str, seed: int) -> tuple[Path, Path]:
     return folder / variant / f"seed{seed}.json", folder / variant / f"seed{seed}"
 
 
-def add_reference(dataset: str, variant: str, results_file: Path, run_dir: Path, root: Path = REFERENCE_ROOT) -> Path:
+def add_reference(dataset: str, variant: str, results_file: Path, run_dir: Path, root: Path = REFERENCE_ROOT,
+                  params: dict | None = None) -> Path:
     """Copy a run's results JSON, log.jsonl and summary.json under root/<dataset>/ (reference_paths, by the run's
-    seed), then rewrite RUNS.md."""
+    seed), then rewrite RUNS.md (with `params`, the validated params.yaml, its settings column too)."""
     for path in (results_file, run_dir / RUN_LOG, run_dir / RUN_SUMMARY):
         if not Path(path).is_file():
             raise MclrecError(f"{path}: missing; a reference run needs the results JSON and the run's log and summary")
@@ -44,7 +47,7 @@ def add_reference(dataset: str, variant: str, results_file: Path, run_dir: Path,
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dest) as tmp:
             shutil.copyfile(source, tmp)
-    write_runs_table(folder)
+    write_runs_table(folder, params)
     return results_dest
 
 
@@ -79,8 +82,9 @@ def seed_aggregates(folder: Path, variants: Sequence[str]) -> dict[str, dict[str
     return aggregates
 
 
-def runs_rows(folder: Path) -> list[dict[str, Any]]:
-    """One row per committed reference run in `folder` (reference_paths' layout), by variant then seed."""
+def runs_rows(folder: Path, params: dict | None = None) -> list[dict[str, Any]]:
+    """One row per committed reference run in `folder` (reference_paths' layout), by variant then seed; with
+    `params`, each row's `settings` are the --set options that make today's params.yaml train it as it was."""
     rows = []
     for path, run_folder in _reference_files(folder):
         record = json.loads(path.read_text())
@@ -88,17 +92,47 @@ def runs_rows(folder: Path) -> list[dict[str, Any]]:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         # runs trained before the summary recorded its environment: the evaluation's (same machine), and the
         # training threads from the run's settings
-        env = summary.get("environment") or record.get("environment", {}).get("training") or record.get("environment", {})
+        trained_env = summary.get("environment") or record.get("environment", {}).get("training")
+        env = trained_env or record.get("environment", {})
         threads = (summary.get("environment") or {}).get("threads") or record.get("config", {}).get("num_threads")
         test = record.get("metrics", {}).get("test", {})
+        git = env.get("git") or {}
+        commit = (git.get("commit") or "")[:10] + ("-dirty" if git.get("dirty") else "")
         rows.append({
             "variant": record.get("variant"), "seed": record.get("seed"), "epochs": summary.get("epochs_run"),
             "best": summary.get("best_epoch"), "stopped": summary.get("stopped", ""),
             "hours": (summary.get("train_seconds") or 0) / 3600, "cpu": env.get("cpu"), "threads": threads or env.get("threads"),
-            "torch": env.get("torch"), "commit": ((env.get("git") or {}).get("commit") or "")[:10],
+            "torch": env.get("torch"), "commit": commit + ("" if trained_env else " (evaluation's)"),
+            "settings": None if params is None else settings_to_reproduce(record, summary, params, folder.name),
             **{metric: test.get(metric) for metric in SEED_METRICS},
         })
     return rows
+
+
+def settings_to_reproduce(record: dict[str, Any], summary: dict[str, Any], params: dict, dataset: str) -> str:
+    """The `--set key=value` options under which today's params.yaml resolves the run's dataset and variant to the
+    settings it was trained with (seed and threads aside), "" when none are needed, "?" when params.yaml no longer
+    declares the dataset or variant. Settings older runs did not record take the values they ran with."""
+    from mclrec import config
+    from mclrec.checkpoint import LEGACY_SETTINGS, RETIRED_SETTINGS
+    from mclrec.run_config import IDENTITY, RunConfig
+
+    variant = record.get("variant")
+    if dataset not in params["datasets"] or variant not in params["variants"]:
+        return "?"
+    trained = {**LEGACY_SETTINGS, **record.get("config", {})}
+    device_type = "cuda" if str(summary.get("device") or "cpu").startswith("cuda") else "cpu"
+    now = RunConfig.of(config.resolve_run(params, dataset, variant)).on_device(device_type).to_dict()
+    free = {"seed", "num_threads", "device", *IDENTITY, *RETIRED_SETTINGS}
+    return " ".join(f"--set {key}={_option_value(trained[key])}" for key in sorted(now)
+                    if key not in free and key in trained and trained[key] != now[key])
+
+
+def _option_value(value: Any) -> str:
+    """A setting's value as --set reads it (YAML): a string bare where YAML reads it back as that string."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -117,22 +151,27 @@ def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return spread
 
 
-def write_runs_table(folder: Path) -> None:
-    """RUNS.md: how every reference run in `folder` was made, then mean ± sd over seeds where a variant has several."""
-    rows = runs_rows(folder)
+def write_runs_table(folder: Path, params: dict | None = None) -> None:
+    """RUNS.md: how every reference run in `folder` was made, then mean ± sd over seeds where a variant has several;
+    with `params`, the settings column (settings_to_reproduce)."""
+    rows = runs_rows(folder, params)
     lines = ["# Reference runs", "",
              "Each was trained by the workflow (`snakemake results/<dataset>/<variant>.json` for seed 0, "
              "`results/<dataset>/<variant>/seed<k>.json` for seed k: `mclrec train ... --seed <k>`, then `mclrec "
              "evaluate`) with the torch threads listed, on the CPU listed, and added with `mclrec report reference` "
              "(seed 0 as `<variant>.json` and `<variant>/`, seed k > 0 as `<variant>/seed<k>.json` and "
-             "`<variant>/seed<k>/`).", "",
-             "| variant | seed | epochs (best) | stopped | train hours | CPU | threads | torch | commit "
+             "`<variant>/seed<k>/`). commit: the training's git commit (`-dirty`: with uncommitted changes; "
+             "\"evaluation's\": the run predates the training's own record, so CPU, torch and commit are its "
+             "evaluation's). settings: the `--set` options with which today's params.yaml trains the run as it was "
+             "trained (defaults changed since; none: it resolves to them as it is).", "",
+             "| variant | seed | epochs (best) | stopped | train hours | CPU | threads | torch | commit | settings "
              "| test HR@10 | test HR@20 | test NDCG@10 | test NDCG@20 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         metrics = " | ".join(f"{r[m]:.4f}" if r[m] is not None else "-" for m in SEED_METRICS)
+        settings = "-" if r["settings"] is None else f"`{r['settings']}`" if r["settings"] else "none"
         lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} ({r['best']}) | {r['stopped']} | {r['hours']:.2f} "
-                     f"| {r['cpu']} | {r['threads']} | {r['torch']} | {r['commit']} | {metrics} |")
+                     f"| {r['cpu']} | {r['threads']} | {r['torch']} | {r['commit']} | {settings} | {metrics} |")
     spread = seed_spread(rows)
     if spread:
         lines += ["", "## Over seeds", "", "Mean ± sample standard deviation of the test metrics over the seeds above.", "",
