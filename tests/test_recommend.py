@@ -164,3 +164,18 @@ def test_cli_stdout_holds_only_the_csv_and_a_variant_must_exist(model, tiny_dir)
     res = runner.invoke(app, ["recommend", "-d", "synthetic", "-m", "nosuch", "--all-users", "--data-dir",
                               str(tiny_dir), "--params", str(ROOT / "params.yaml")])
     assert res.exit_code == 1 and "variants.nosuch: no such variant" in " ".join(res.output.split())
+
+
+def test_cli_skip_unknown_leaves_out_and_lists_the_users_it_does_not_know(model, tiny_dir, tmp_path):
+    run, _ = model
+    known = Catalogue.load(tiny_dir).user_labels[:2]
+    users = tmp_path / "users.txt"
+    users.write_text(f"user_id\n{known[0]}\nnewcomer\n{known[1]}\n")  # a header line and a new user
+    res = _cli(run, tiny_dir, "--users-file", str(users), "--k", "1", "--skip-unknown")
+    assert res.exit_code == 0, res.output
+    assert f"skipped 2 unknown user id(s): {users}:1: user_id, {users}:3: newcomer" in " ".join(res.stderr.split())
+    assert [line.split(",")[0] for line in res.stdout.splitlines()[1:]] == list(known)
+    res = _cli(run, tiny_dir, "--user", "nobody", "--skip-unknown")
+    assert res.exit_code == 1 and "none of the users is in the processed dataset" in res.output
+    res = _cli(run, tiny_dir, "--all-users", "--skip-unknown")
+    assert res.exit_code == 1 and "--skip-unknown applies to users named by" in " ".join(res.output.split())

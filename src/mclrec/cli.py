@@ -422,6 +422,9 @@ def recommend(
     data_dir: Optional[Path] = typer.Option(None, help="Processed data folder (default data/processed/<dataset>)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     progress: bool = typer.Option(True, help="Show a progress bar (with --all-users)."),
+    skip_unknown: bool = typer.Option(
+        False, "--skip-unknown", help="Leave out users the dataset does not know (listed on stderr) instead of "
+                                      "refusing the request (--user, --users-file)."),
     seed: Optional[int] = RunSeedOpt,
     threads: Optional[int] = ScoringThreadsOpt,
 ) -> None:
@@ -449,6 +452,8 @@ def recommend(
         if output is not None and output.suffix not in (".csv", ".jsonl", ".parquet"):
             raise MclrecError(f"{output}: --output must end in .csv, .jsonl or .parquet")
         names, places = (list(user), None) if not users_file else read_users_file(users_file)
+        if skip_unknown and (all_users or items is not None):
+            raise MclrecError("--skip-unknown applies to users named by --user or --users-file")
         fmt = CheckpointFormat(checkpoint_format).value
         named = [option for option, value in (("--published", published), ("--checkpoint", checkpoint),
                                               ("--variant", variant)) if value is not None]
@@ -483,6 +488,13 @@ def recommend(
             if all_users:
                 ids = np.arange(1, data.n_users + 1)
             else:
+                if skip_unknown:
+                    names, places, unknown = catalogue.known_users(names, places)
+                    if unknown:
+                        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                        err_console.print(f"skipped {len(unknown)} unknown user id(s): {', '.join(unknown[:5])}{more}")
+                    if not names:
+                        raise MclrecError("none of the users is in the processed dataset")
                 ids = catalogue.user_ids(names, places)
             with Progress(disable=not (progress and all_users), transient=True, console=err_console) as bar:
                 task = bar.add_task("recommending", total=len(ids))

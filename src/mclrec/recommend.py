@@ -47,6 +47,15 @@ class Catalogue:
         `places`, e.g. file:line, when given)."""
         return _lookup(self.user_labels, originals, "user", places)
 
+    def known_users(self, originals: Sequence[str], places: Optional[Sequence[str]] = None
+                    ) -> tuple[list[str], Optional[list[str]], list[str]]:
+        """The users of `originals` the dataset knows (and their `places`), and the others as an error names them."""
+        known = pd.Index(self.user_labels).get_indexer(pd.Index([str(x) for x in originals])) >= 0
+        named = originals if places is None else [f"{place}: {x}" for place, x in zip(places, originals)]
+        kept = [x for x, k in zip(originals, known) if k]
+        kept_places = None if places is None else [p for p, k in zip(places, known) if k]
+        return kept, kept_places, [str(x) for x, k in zip(named, known) if not k]
+
     def item_ids(self, originals: Sequence[str]) -> np.ndarray:
         """Model ids of items given by original id; MclrecError listing the first unknown ones."""
         return _lookup(self.item_labels, originals, "item")
