@@ -56,3 +56,13 @@ def test_export_refuses_ids_recbole_would_read_otherwise(tmp_path, user, item, t
     said = " ".join(res.output.split())
     assert res.exit_code == 1 and f"{table}.parquet: original {table[:-1]} ids [{shown}" in said, said
     assert "cannot be RecBole tokens" in said and not (tmp_path / "export").exists()
+
+
+def test_export_out_that_is_a_file_is_refused_before_any_work(tiny_dir, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    res = runner.invoke(app, ["export", "recbole", "synthetic", "--data-dir", str(tiny_dir), "--out",
+                              str(tmp_path / "taken"), "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1 and "is a file, not a folder" in " ".join(res.output.split())
+    res = runner.invoke(app, ["export", "recbole-checkpoint", "-d", "synthetic", "--checkpoint", "x.pt", "--out",
+                              str(tmp_path), "--data-dir", str(tiny_dir), "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 1 and "is a folder; give a file path" in " ".join(res.output.split())

@@ -524,6 +524,9 @@ def export_recbole_cmd(
 
     with user_errors():
         config.dataset_spec(config.load_params(params), dataset)
+        for place in (out / dataset, *(out / dataset).parents):
+            if place.exists() and not place.is_dir():
+                raise MclrecError(f"--out {out}: {place} is a file, not a folder")
         folder = data_dir or paths.processed_dir(dataset)
         for path in export_recbole(load_processed(folder), folder, dataset, out):
             err_console.print(str(path))
@@ -566,6 +569,7 @@ def export_recbole_checkpoint_cmd(
                                   f"(`mclrec train -d {dataset} -m {variant} --seed {run_seed}`) or give --checkpoint FILE")
         if out is None:
             out = Path("export/recbole") / dataset / (f"{variant}.pth" if seed is None else f"{variant}.seed{seed}.pth")
+        check_output_file(out, "--out")
         folder = data_dir or paths.processed_dir(dataset)
         written = export_recbole_checkpoint(load_processed(folder), folder, checkpoint, out, dataset, variant)
         dropped = f"; not exported: {', '.join(written['dropped'])}" if written["dropped"] else ""
