@@ -224,3 +224,22 @@ def test_metrics_from_ranks_matches_hand_computation():
     assert m["HR@5"] == pytest.approx(2 / 3)
     assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(3)) / 3)
     assert m["MRR@5"] == pytest.approx((1 + 0.5) / 3)
+
+
+def test_evaluate_records_and_says_which_settings_params_yaml_does_not_give_the_run(trained, tiny_dir, tmp_path):
+    from mclrec.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained / "best.pt")
+    out = tmp_path / "plain.json"
+    res = _evaluate("--checkpoint", str(trained / "best.pt"), "--data-dir", str(tiny_dir), "--output", str(out))
+    beyond = json.loads(out.read_text()).get("settings_beyond_params")
+    # the fixture trains with a smaller batch and fewer epochs than params.yaml gives synthetic/sasrec
+    assert beyond == {k: ckpt["config"][k] for k in beyond} and "batch_size" in beyond and "seed" not in beyond
+    assert "note:" in res.output and "--set batch_size=" in " ".join(res.output.split())
+    hand = tmp_path / "hand.pt"
+    save_checkpoint(hand, {**{k: v for k, v in ckpt.items() if k != "format_version"},
+                           "config": {**ckpt["config"], "lr": 0.123}})
+    res = _evaluate("--checkpoint", str(hand), "--data-dir", str(tiny_dir), "--output", str(tmp_path / "hand.json"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "hand.json").read_text())["settings_beyond_params"]["lr"] == 0.123
+    assert "--set lr=0.123" in " ".join(res.output.split())

@@ -376,11 +376,30 @@ def evaluate(
         if checkpoint is not None and output is None and checkpoint_format == "mclrec" and trained_as != variant:
             raise MclrecError(f"{checkpoint}: a '{trained_as}' run, which -m {variant} would file as {variant}'s "
                               f"results ({paths.result_file(dataset, variant)}); give -m {trained_as} or --output FILE")
+        if checkpoint_format == "mclrec":  # the run -m names (a grid cell is an mclrec run), else the checkpoint's
+            from mclrec.pipeline import run_of
+
+            named = variant is not None and run_of(dataset, variant, 0).variant == trained_as
+            _note_settings_beyond_params(record, params_dict, dataset, variant if named else trained_as, ckpt)
         single = seed is None or checkpoint is not None
         dest = output or paths.result_file(dataset, variant if single else paths.seed_result(variant, seed))
         write_results(dest, record, ranks)
         test = record["metrics"]["test"]
         err_console.print(f"{dest}: test " + " ".join(f"{k}={test[k]:.4f}" for k in test if k.endswith(("@10", "@20"))))
+
+
+def _note_settings_beyond_params(record: dict, params: dict, dataset: str, run: str, checkpoint: Path) -> None:
+    """Record (`settings_beyond_params`) and say on stderr where a checkpoint was trained with settings params.yaml
+    does not give its run now: a hand run with --set on the workflow's paths, or a run from before a default
+    changed. The results are the checkpoint's either way; this says which settings they belong to."""
+    from mclrec.provenance import set_options, settings_beyond_params
+
+    device_type = "cuda" if str(record["environment"].get("device") or "cpu").startswith("cuda") else "cpu"
+    beyond = settings_beyond_params(record["config"], params, dataset, run, device_type)
+    if beyond:
+        record["settings_beyond_params"] = beyond
+        err_console.print(f"note: {checkpoint} was trained with settings params.yaml does not give {dataset}/{run} "
+                          f"now ({set_options(beyond)}); its results JSON records them (settings_beyond_params)")
 
 
 def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, str]:

@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from mclrec.errors import MclrecError
 from mclrec.io import atomic_open, atomic_path
 from mclrec.paths import RUN_LOG, RUN_SUMMARY
@@ -111,28 +109,13 @@ def runs_rows(folder: Path, params: dict | None = None) -> list[dict[str, Any]]:
 
 def settings_to_reproduce(record: dict[str, Any], summary: dict[str, Any], params: dict, dataset: str) -> str:
     """The `--set key=value` options under which today's params.yaml resolves the run's dataset and variant to the
-    settings it was trained with (seed and threads aside), "" when none are needed, "?" when params.yaml no longer
-    declares the dataset or variant. Settings older runs did not record take the values they ran with."""
-    from mclrec import config
-    from mclrec.checkpoint import LEGACY_SETTINGS, RETIRED_SETTINGS
-    from mclrec.run_config import IDENTITY, RunConfig
+    settings it was trained with (provenance.settings_beyond_params), "" when none are needed, "?" when params.yaml
+    no longer declares the dataset or variant."""
+    from mclrec.provenance import set_options, settings_beyond_params
 
-    variant = record.get("variant")
-    if dataset not in params["datasets"] or variant not in params["variants"]:
-        return "?"
-    trained = {**LEGACY_SETTINGS, **record.get("config", {})}
     device_type = "cuda" if str(summary.get("device") or "cpu").startswith("cuda") else "cpu"
-    now = RunConfig.of(config.resolve_run(params, dataset, variant)).on_device(device_type).to_dict()
-    free = {"seed", "num_threads", "device", *IDENTITY, *RETIRED_SETTINGS}
-    return " ".join(f"--set {key}={_option_value(trained[key])}" for key in sorted(now)
-                    if key not in free and key in trained and trained[key] != now[key])
-
-
-def _option_value(value: Any) -> str:
-    """A setting's value as --set reads it (YAML): a string bare where YAML reads it back as that string."""
-    if isinstance(value, str) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value, separators=(",", ":"))
+    beyond = settings_beyond_params(record.get("config", {}), params, dataset, record.get("variant"), device_type)
+    return "?" if beyond is None else set_options(beyond)
 
 
 def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,45 @@
+"""How a trained run's settings relate to params.yaml: what params.yaml would have to say to train it as it was."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import yaml
+
+from mclrec import config
+from mclrec.checkpoint import LEGACY_SETTINGS, RETIRED_SETTINGS
+from mclrec.pipeline import run_of
+from mclrec.run_config import FROM_EVALUATE, IDENTITY, RunConfig
+
+# not compared: which run of a study it is (seed), how it was run (threads, device) and evaluation settings
+NOT_COMPARED = frozenset({"seed", "num_threads", "device", *IDENTITY, *FROM_EVALUATE, *RETIRED_SETTINGS})
+
+
+def settings_beyond_params(trained: Mapping[str, Any], params: dict, dataset: str, run: str,
+                           device_type: str = "cpu") -> dict[str, Any] | None:
+    """{setting: the value the run was trained with} for every setting in which it differs from what `params` (the
+    validated params.yaml) resolves now for `run` (a variant or a grid cell) on `dataset` on `device_type`; None when
+    params.yaml no longer declares the dataset or the variant. Settings older checkpoints did not record take the
+    values those runs used (checkpoint.LEGACY_SETTINGS)."""
+    if not run:
+        return None
+    job = run_of(dataset, run, 0)
+    if dataset not in params["datasets"] or job.variant not in params["variants"]:
+        return None
+    overrides = config.parse_overrides([f"{key}={value}" for key, value in job.sets])
+    now = RunConfig.of(config.resolve_run(params, dataset, job.variant, overrides)).on_device(device_type).to_dict()
+    recorded = {**LEGACY_SETTINGS, **trained}
+    return {key: recorded[key] for key in sorted(now)
+            if key not in NOT_COMPARED and key in recorded and recorded[key] != now[key]}
+
+
+def set_options(settings: Mapping[str, Any]) -> str:
+    """`--set key=value ...` for these settings, each value as --set reads it (YAML; a plain string bare)."""
+    return " ".join(f"--set {key}={_option_value(value)}" for key, value in settings.items())
+
+
+def _option_value(value: Any) -> str:
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value, separators=(",", ":"))
