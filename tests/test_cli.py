@@ -2,15 +2,17 @@
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mclrec import cli_common
 from mclrec.cli import app
 
 from .conftest import ROOT
@@ -308,13 +310,25 @@ def test_sigterm_ends_a_write_as_ctrl_c_does(tmp_path):
     assert out.read_text() == "the previous output\n" and sorted(tmp_path.iterdir()) == [out]  # no temp file left
 
 
-def test_every_command_installs_the_sigterm_exit(tmp_path):
-    before = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        res = runner.invoke(app, ["show-config", "synthetic", "sasrec", "--params",
-                                  str(ROOT / "params.yaml")])
-        assert res.exit_code == 0, res.output
-        assert signal.getsignal(signal.SIGTERM) is cli_common._terminated
-    finally:
-        signal.signal(signal.SIGTERM, before)
+def test_the_mclrec_command_exits_through_its_clean_ups_on_sigterm(tmp_path):
+    """`python -m mclrec` (the `mclrec` script's entry) blocked on opening a FIFO as its users file: SIGTERM ends it
+    with status 143 (by the signal, -15, without the handler)."""
+    fifo = tmp_path / "users.fifo"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "mclrec", "recommend", "-d", "synthetic", "-m", "sasrec", "--users-file",
+               str(fifo), "--params", str(ROOT / "params.yaml")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the handler is in place (then the command blocks opening the FIFO)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # in-process use (CliRunner) installed nothing here
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (Linux: SigCgt in /proc/<pid>/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signum - 1) & 1)

@@ -243,3 +243,42 @@ def test_evaluate_records_and_says_which_settings_params_yaml_does_not_give_the_
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "hand.json").read_text())["settings_beyond_params"]["lr"] == 0.123
     assert "--set lr=0.123" in " ".join(res.output.split())
+
+
+def test_grid_cells_and_published_mclrec_checkpoints_are_filed_as_the_workflow_names_them(trained, tiny_dir, tmp_path,
+                                                                                           params, monkeypatch):
+    import hashlib
+
+    import yaml
+
+    from mclrec import config
+    from mclrec.checkpoint import load_checkpoint, save_checkpoint
+    from mclrec.run_config import RunConfig
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = load_checkpoint(trained / "best.pt")
+    cell = config.resolve_run(params, "synthetic", "mclrec", {"lambda_cl1": 0.5, "beta": 1.0})
+    cell = RunConfig.of(cell).on_device("cpu").replace(max_len=ckpt["config"]["max_len"]).to_dict()
+    grid = tmp_path / "models" / "synthetic" / "grid" / "l0.5-b1.0" / "seed0" / "best.pt"
+    save_checkpoint(grid, {**{k: v for k, v in ckpt.items() if k != "format_version"}, "config": cell})
+    out = tmp_path / "results" / "synthetic" / "grid" / "l0.5-b1.0" / "seed0.json"
+    res = _evaluate("--variant", "mclrec", "--checkpoint", str(grid), "--output", str(out), "--data-dir",
+                    str(tiny_dir))  # the workflow's command for a grid cell
+    assert res.exit_code == 0, res.output
+    assert "settings_beyond_params" not in json.loads(out.read_text()) and "note:" not in res.output
+    res = _evaluate("-m", "grid/l0.5-b1.0", "--checkpoint", str(grid), "--data-dir", str(tiny_dir))
+    assert res.exit_code == 0 and (tmp_path / "results" / "synthetic" / "grid" / "l0.5-b1.0.json").is_file()
+
+    published = tmp_path / "models" / "published" / "pub-sasrec" / "best.pt"
+    published.parent.mkdir(parents=True)
+    published.write_bytes((trained / "best.pt").read_bytes())
+    declared = yaml.safe_load((ROOT / "params.yaml").read_text())
+    declared["checkpoints"] = {"pub-sasrec": {"dataset": "synthetic", "format": "mclrec", "filename": "best.pt",
+                                              "url": "https://example.org/best.pt",
+                                              "sha256": hashlib.sha256(published.read_bytes()).hexdigest()}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(declared))
+    res = runner.invoke(app, ["evaluate", "--params", str(tmp_path / "params.yaml"), "-d", "synthetic", "--device",
+                              "cpu", "--published", "pub-sasrec", "--data-dir", str(tiny_dir)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "results" / "synthetic" / "pub-sasrec.json").read_text())
+    assert record["published"]["name"] == "pub-sasrec" and "settings_beyond_params" not in record

@@ -41,8 +41,8 @@ def test_export_writes_our_instances_with_original_ids(tiny, tiny_dir, tmp_path)
 
 
 @pytest.mark.parametrize(("user", "item", "table", "shown"), [
-    ("u", "NA", "items", "'NA'"), ("u", "a b", "items", "'a b'"), ("u", 'q"', "items", "'q\"'"),
-    ("null", "i", "users", "'null'"), ('"x"', "i", "users", "'\"x\"'"),
+    ("u", "NA", "items", "'NA'"), ("u", "a b", "items", "'a b'"), ("u", '"q', "items", "'\"q'"),
+    ("null", "i", "users", "'null'"), ('"x"', "i", "users", "'\"x\"'"), ("u v", 'q"', "", ""),
 ])
 def test_export_refuses_ids_recbole_would_read_otherwise(tmp_path, user, item, table, shown):
     rows = [(f"U{u}", f"I{(u + k) % 6}") for u in range(6) for k in range(5)]
@@ -54,6 +54,9 @@ def test_export_refuses_ids_recbole_would_read_otherwise(tmp_path, user, item, t
     res = runner.invoke(app, ["export", "recbole", "synthetic", "--data-dir", str(tmp_path / "processed"), "--out",
                               str(tmp_path / "export"), "--params", str(ROOT / "params.yaml")])
     said = " ".join(res.output.split())
+    if not table:  # a space inside a user id and a quote inside an item id: RecBole reads both back as they are
+        assert res.exit_code == 0, said
+        return
     assert res.exit_code == 1 and f"{table}.parquet: original {table[:-1]} ids [{shown}" in said, said
     assert "cannot be RecBole tokens" in said and not (tmp_path / "export").exists()
 

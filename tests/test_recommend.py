@@ -110,8 +110,8 @@ def test_cli_users_and_sequences_by_original_id(model, tiny_dir):
     (["--items", " , "], "the item sequence is empty"),
     ([], "exactly one of them"),
     (["--all-users", "--output", "out.txt"], "must end in .csv, .jsonl or .parquet"),
-    (["--all-users", "-m", "sasrec"], "--checkpoint and --variant each name the checkpoint: give one of them"),
-    (["--all-users", "--published", "published-mclrec"], "--published and --checkpoint each name the checkpoint"),
+    (["--all-users", "-m", "mclrec"], "a 'sasrec' run, not mclrec; leave -m out or give -m sasrec"),
+    (["--all-users", "--published", "published-mclrec"], "--published names the checkpoint: give it without"),
 ])
 def test_cli_bad_requests_are_clear_errors(model, tiny_dir, args, message):
     run, _ = model

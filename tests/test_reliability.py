@@ -400,7 +400,34 @@ def test_a_results_json_and_its_side_files_are_replaced_together(tmp_path, monke
         evaluation.write_results(out, record, np.arange(3))
     assert {path: path.read_text() for path in old} == old and sorted(tmp_path.iterdir()) == sorted(old)
     monkeypatch.undo()
+    synced = []
+
+    def sync_fails_second(fd):  # where delayed allocation reports a full disk: after the first file is synced
+        synced.append(fd)
+        if len(synced) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", sync_fails_second)
+    with pytest.raises(WriteError, match=r"sasrec\.metrics\.json: cannot write"):
+        evaluation.write_results(out, record, np.arange(3))
+    assert {path: path.read_text() for path in old} == old and sorted(tmp_path.iterdir()) == sorted(old)
+    monkeypatch.undo()
     evaluation.write_results(out, record, np.arange(3))
     assert json.loads(out.read_text()) == record and sorted(tmp_path.iterdir()) == sorted(old)
     assert json.loads((tmp_path / "sasrec.metrics.json").read_text()) == record["metrics"]
     assert np.load(tmp_path / "sasrec.ranks.npy").tolist() == [0, 1, 2]
+
+
+def test_the_crc_check_passes_torch_files_written_without_crcs(tmp_path):
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"w": torch.arange(1000.0)}, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    torch.save({"w": torch.arange(1000.0)}, tmp_path / "crc.pt")
+    assert checkpoint.damaged_record(tmp_path / "nocrc.pt") is None
+    assert checkpoint.damaged_record(tmp_path / "crc.pt") is None
+    rot(tmp_path / "crc.pt")
+    assert checkpoint.damaged_record(tmp_path / "crc.pt") is not None
+    (tmp_path / "legacy.pt").write_bytes(b"\x80\x02not a zip archive")
+    assert checkpoint.damaged_record(tmp_path / "legacy.pt") is None

@@ -135,3 +135,17 @@ def test_runs_md_says_what_an_older_run_needs_and_whose_environment_it_shows(tmp
     assert row["commit"] == "fedcba9876 (evaluation's)"
     (folder / "sasrec.json").write_text(json.dumps({"variant": "gone", "seed": 0, "config": today}))
     assert runs_rows(folder, params)[0]["settings"] == "?"
+
+
+def test_settings_beyond_params_ignore_how_a_run_was_run_and_auto_on_either_device():
+    from mclrec import config
+    from mclrec.provenance import settings_beyond_params
+
+    params = config.load_params(ROOT / "params.yaml")
+    on_cuda = _trained_as_today("beauty", "mclrec")
+    on_cuda.update(length_buckets=[], packed_tokens=False, attention="sdpa", nproc=4, num_threads=8, seed=3)
+    assert settings_beyond_params(on_cuda, params, "beauty", "mclrec", "cpu") == {}  # resumed on the CPU
+    assert settings_beyond_params({**on_cuda, "lr": 0.01}, params, "beauty", "mclrec", "cuda") == {"lr": 0.01}
+    cell = _trained_as_today("beauty", "mclrec", lambda_cl1=0.5, beta=1.0)
+    assert settings_beyond_params(cell, params, "beauty", "grid/l0.5-b1.0") == {}
+    assert settings_beyond_params(cell, params, "beauty", "mclrec") == {"beta": 1.0, "lambda_cl1": 0.5}

@@ -6,6 +6,7 @@ import io
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -72,14 +73,24 @@ LEGACY_READER_ERRORS = (KeyError, IndexError, TypeError, AttributeError, Overflo
 
 
 def damaged_record(path: Path) -> str | None:
-    """The first record of a torch zip file whose bytes fail their CRC-32, else None (also for a file that is no zip
-    archive: torch.load then says what it is). torch.load does not check the CRCs, so damage inside the weights'
-    bytes would load as other weights."""
+    """The first record of a torch zip file whose bytes fail their CRC-32, else None. torch.load does not check the
+    CRCs, so damage inside the weights' bytes would load as other weights. Not checked: records stored with CRC 0
+    (torch.serialization.set_crc32_options(False) writes those) and files that are no zip archive (torch.load then
+    says what they are)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError):
+            for record in archive.infolist():
+                if record.CRC == 0:
+                    continue
+                try:
+                    with archive.open(record) as fh:  # zipfile compares the CRC-32 as the last bytes are read
+                        while fh.read(1 << 24):
+                            pass
+                except (zipfile.BadZipFile, zlib.error, EOFError):
+                    return record.filename
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError, OSError):
         return None
+    return None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

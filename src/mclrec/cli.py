@@ -15,6 +15,7 @@ from mclrec.cli_common import ParamsOpt, check_output_file, err_console, exit_on
 from mclrec.cpu_heap import use_huge_pages
 from mclrec.device import check_device_name
 from mclrec.errors import MclrecError
+from mclrec.pipeline import run_of
 
 app = typer.Typer(
     help="MCLRec and baselines: download, preprocess, train, evaluate.",
@@ -57,7 +58,6 @@ def _main(
                                  help="Print the version and exit."),
 ) -> None:
     """MCLRec and baselines: download, preprocess, train, evaluate."""
-    exit_on_sigterm()
     # before any command makes a tensor: PyTorch's CPU allocator reads this once (mclrec/cpu_heap.py)
     use_huge_pages()
 
@@ -77,8 +77,8 @@ def download(
     ),
     raw_root: Path = typer.Option(paths.RAW_ROOT, help="Root of raw data folders."),
 ) -> None:
-    """Fetch (or generate) a dataset's raw file into data/raw/<dataset>/, or a published checkpoint into
-    models/published/<name>/; the sha256 is verified either way."""
+    """Fetch (or generate) a dataset's raw file into data/raw/<dataset>/ (a length group's: its parent's), or a
+    published checkpoint into models/published/<name>/; the sha256 is verified either way."""
     from mclrec.data.download import fetch_raw
 
     with user_errors():
@@ -108,14 +108,16 @@ def synth(
     dataset: str = typer.Argument("synthetic", help="A dataset whose source is a generator."),
     params: Path = ParamsOpt,
     seed: Optional[int] = typer.Option(None, help="Override the generator seed."),
-    out: Optional[Path] = typer.Option(None, help="Output file (default data/raw/<dataset>/<filename>)."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default data/raw/<dataset>/<filename>, a length "
+                                                  "group's parent's)."),
 ) -> None:
     """Generate a synthetic dataset (seqtxt) from its generator settings."""
     with user_errors():
-        spec = config.dataset_spec(config.load_params(params), dataset)
+        params_dict = config.load_params(params)
+        spec = config.dataset_spec(params_dict, dataset)
         if "generator" not in spec["source"]:
             raise config.ConfigError(f"params.yaml: datasets.{dataset}.source: not a generator source")
-        dest = out or paths.raw_file(dataset, spec["filename"])
+        dest = out or paths.raw_file(config.raw_source(params_dict, dataset), spec["filename"])
         info = _generate(spec, dest, seed)
         err_console.print(f"generated {dest}: {json.dumps(info)}")
 
@@ -134,8 +136,9 @@ def _generate(spec: dict, dest: Path, seed: Optional[int] = None) -> dict:
 def preprocess(
     dataset: str = typer.Argument(..., help="Dataset name from params.yaml."),
     params: Path = ParamsOpt,
-    raw: Optional[Path] = typer.Option(None, help="Raw file (default data/raw/<dataset>/<filename>, checked against "
-                                                  "the declared sha256; a --raw file is taken as it is)."),
+    raw: Optional[Path] = typer.Option(None, help="Raw file (default data/raw/<dataset>/<filename>, a length group's "
+                                                  "parent's, checked against the declared sha256; a --raw file is "
+                                                  "taken as it is)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default data/processed/<dataset>)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Override the raw format."),
     user_k: Optional[int] = typer.Option(None, help="Override k for users."),
@@ -361,6 +364,13 @@ def evaluate(
 
             item_labels = Catalogue.load(folder).item_labels
         _use_threads(threads)
+        run = None  # the run an mclrec checkpoint belongs to, for the check below and the settings note
+        if checkpoint_format == "mclrec" and published is None:
+            run = _run_of_checkpoint(ckpt, dataset, variant)
+            if checkpoint is not None and output is None and run_of(dataset, variant, 0).variant != run_of(
+                    dataset, run, 0).variant:
+                raise MclrecError(f"{checkpoint}: a '{run}' run, which -m {variant} would file as {variant}'s "
+                                  f"results ({paths.result_file(dataset, variant)}); give -m {run} or --output FILE")
         record, ranks = evaluate_run(
             dataset, data, ckpt, checkpoint_format, device, batch_size or settings["batch_size"],
             tuple(settings["ks"]), ratios, settings["groups"] if groups is None else groups,
@@ -372,20 +382,25 @@ def evaluate(
                 "the file's item_id_tokens" if how == "item_id_tokens" else f"--item-order {how}"))
         if published is not None:
             record["published"] = {"name": published, **config.checkpoint_spec(params_dict, published)}
-        trained_as = record["variant"]
-        if checkpoint is not None and output is None and checkpoint_format == "mclrec" and trained_as != variant:
-            raise MclrecError(f"{checkpoint}: a '{trained_as}' run, which -m {variant} would file as {variant}'s "
-                              f"results ({paths.result_file(dataset, variant)}); give -m {trained_as} or --output FILE")
-        if checkpoint_format == "mclrec":  # the run -m names (a grid cell is an mclrec run), else the checkpoint's
-            from mclrec.pipeline import run_of
-
-            named = variant is not None and run_of(dataset, variant, 0).variant == trained_as
-            _note_settings_beyond_params(record, params_dict, dataset, variant if named else trained_as, ckpt)
+        if run is not None:
+            _note_settings_beyond_params(record, params_dict, dataset, run, ckpt)
         single = seed is None or checkpoint is not None
         dest = output or paths.result_file(dataset, variant if single else paths.seed_result(variant, seed))
         write_results(dest, record, ranks)
         test = record["metrics"]["test"]
         err_console.print(f"{dest}: test " + " ".join(f"{k}={test[k]:.4f}" for k in test if k.endswith(("@10", "@20"))))
+
+
+def _run_of_checkpoint(checkpoint: Path, dataset: str, variant: str | None) -> str:
+    """The run an mclrec checkpoint belongs to: a grid cell or variant named by its run folder
+    (models/<d>/<run>/seed<k>/), else -m's, when that is the variant it was trained as; else that variant."""
+    from mclrec.checkpoint import load_checkpoint
+
+    trained_as = load_checkpoint(checkpoint)["config"]["variant"]
+    for run in (paths.run_of_run_dir(checkpoint), variant):
+        if run is not None and run_of(dataset, run, 0).variant == trained_as:
+            return run
+    return trained_as
 
 
 def _note_settings_beyond_params(record: dict, params: dict, dataset: str, run: str, checkpoint: Path) -> None:
@@ -399,7 +414,8 @@ def _note_settings_beyond_params(record: dict, params: dict, dataset: str, run: 
     if beyond:
         record["settings_beyond_params"] = beyond
         err_console.print(f"note: {checkpoint} was trained with settings params.yaml does not give {dataset}/{run} "
-                          f"now ({set_options(beyond)}); its results JSON records them (settings_beyond_params)")
+                          f"now ({set_options(beyond)}); its results JSON records them (settings_beyond_params)",
+                          soft_wrap=True)
 
 
 def _published_checkpoint(params: dict, name: str, dataset: str) -> tuple[Path, str]:
@@ -474,10 +490,8 @@ def recommend(
         if skip_unknown and (all_users or items is not None):
             raise MclrecError("--skip-unknown applies to users named by --user or --users-file")
         fmt = CheckpointFormat(checkpoint_format).value
-        named = [option for option, value in (("--published", published), ("--checkpoint", checkpoint),
-                                              ("--variant", variant)) if value is not None]
-        if len(named) > 1:
-            raise MclrecError(f"{' and '.join(named)} each name the checkpoint: give one of them")
+        if published is not None and (checkpoint is not None or variant is not None):
+            raise MclrecError("--published names the checkpoint: give it without --variant or --checkpoint")
         if variant is not None and not variant.startswith("grid/"):
             config.variant_spec(params_dict, variant)
         if published is not None:
@@ -495,6 +509,10 @@ def recommend(
         resolve_vector_math()
         encoder, meta = load_encoder(checkpoint, fmt, data, dev, n_heads, item_order and ItemOrder(item_order).value,
                                      catalogue.item_labels)
+        trained_as = meta["config"].get("variant")
+        if fmt == "mclrec" and variant is not None and run_of(dataset, variant, 0).variant != trained_as:
+            raise MclrecError(f"{checkpoint}: a '{trained_as}' run, not {variant}; leave -m out or give "
+                              f"-m {trained_as}")
         if fmt == "recbole" and meta["config"].get("item_order") != "dataset":
             how = meta["config"]["item_order"]
             err_console.print(f"{checkpoint}: item rows moved to our item ids by " + (
@@ -511,7 +529,8 @@ def recommend(
                     names, places, unknown = catalogue.known_users(names, places)
                     if unknown:
                         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-                        err_console.print(f"skipped {len(unknown)} unknown user id(s): {', '.join(unknown[:5])}{more}")
+                        err_console.print(f"skipped {len(unknown)} unknown user id(s): {', '.join(unknown[:5])}{more}",
+                                          soft_wrap=True)
                     if not names:
                         raise MclrecError("none of the users is in the processed dataset")
                 ids = catalogue.user_ids(names, places)
@@ -656,6 +675,9 @@ _add_report_commands()
 
 
 def main() -> None:
-    """Entry point used by `python -m mclrec`."""
+    """The `mclrec` command and `python -m mclrec`: the CLI, with SIGTERM ending a command through its clean-ups
+    (installed here, not in the app's callback, so that running the app inside another program, e.g. a test's
+    CliRunner, leaves that program's SIGTERM alone)."""
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    exit_on_sigterm()
     app()

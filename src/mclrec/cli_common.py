@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from pathlib import Path
@@ -45,8 +46,12 @@ def exit_on_sigterm() -> None:
     """Let SIGTERM (Snakemake or SLURM cancelling a job, `kill`) end a command as Ctrl-C does: through its clean-ups,
     so an atomic write in progress removes its temp file and the previous output stays; exit status 143.
 
-    Python's default for SIGTERM ends the process on the spot. A handler someone else installed is left alone.
+    Python's default for SIGTERM ends the process on the spot. A handler someone else installed is left alone, and
+    so is a worker that torchrun started (TORCHELASTIC_RUN_ID): blocked in a collective, it would run the handler
+    only when the collective returns, while torchrun expects SIGTERM to end it.
     """
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminated)
 

@@ -130,15 +130,18 @@ def recbole_item_order(data: ProcessedData) -> np.ndarray:
 
 
 def check_recbole_tokens(labels: np.ndarray, processed_dir: Path, table: str = "items") -> None:
-    """Ids RecBole reads back as they are, in `table` (users or items): distinct, none that pandas reads as missing,
-    none with a quote (pandas starts a quoted field at one, so the tab-separated rows no longer split) and no
-    whitespace (item ids stand in space-separated token_seq fields; a user id's tab or line break splits the row)."""
+    """Ids RecBole reads back as they are, in `table` (users or items): distinct, none that pandas (which RecBole
+    reads its files with) takes for a missing value, none starting with a quote (pandas reads a quoted field there,
+    and the tab-separated rows no longer split), no tab or line break (they split the row), and for items no
+    whitespace at all (item ids stand in space-separated token_seq fields)."""
     where = Path(processed_dir) / f"{table}.parquet"
     kind = table[:-1]
-    bad = [t for t in labels if t in PANDAS_NA_TOKENS or '"' in t or any(c.isspace() for c in t)]
+    splits = str.isspace if table == "items" else "\t\n\r\v\f".__contains__
+    bad = [t for t in labels if t in PANDAS_NA_TOKENS or t.startswith('"') or any(splits(c) for c in t)]
     if bad:
         raise MclrecError(f"{where}: original {kind} ids {bad[:5]} cannot be RecBole tokens (pandas, which RecBole "
-                          "reads its files with, takes them as missing values, or they hold a quote or whitespace)")
+                          "reads its files with, takes them as missing values, or they start with a quote or hold "
+                          + ("whitespace)" if table == "items" else "a tab or line break)"))
     if len(set(labels)) != len(labels):
         raise MclrecError(f"{where}: original {kind} ids are not distinct as strings")
 

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
@@ -39,11 +40,7 @@ def atomic_path(path: str | os.PathLike, keep_previous: Optional[str | os.PathLi
     Disk-full errors (ENOSPC, EFBIG, EDQUOT) become a WriteError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make every output private
+    tmp_path = _temp_beside(path)
     try:
         with naming(path):
             yield tmp_path
@@ -54,6 +51,16 @@ def atomic_path(path: str | os.PathLike, keep_previous: Optional[str | os.PathLi
             os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _temp_beside(path: Path) -> Path:
+    """A new empty temp file `.<name>.<random>.tmp` in `path`'s folder (made if missing), with the mode a plain open
+    would give (mkstemp's 0600 would make every output private)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return Path(tmp)
 
 
 @contextlib.contextmanager
@@ -69,11 +76,43 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
-    """Temp paths for files that belong together (a results JSON and its side files): none replaces its target until
-    every one is written, then they are renamed last to first, so the first, by which the others are found, comes
-    last. A failure while writing leaves every previous version in place (wrap each write in `naming`)."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(atomic_path(path)) for path in paths]
+    """Temp paths for files that belong together (a results JSON and its side files; wrap each write in `naming`).
+
+    Every temp file is written and fsync'ed before any target is replaced; then they are renamed last to first (the
+    first path, by which the others are found, comes last) with SIGINT and SIGTERM held back, so a failure while
+    writing or syncing leaves every previous version, and only a crash of the machine between two renames could mix
+    them. The temp files are removed on any failure.
+    """
+    targets = [Path(path) for path in paths]
+    temps = []
+    try:
+        for target in targets:
+            temps.append(_temp_beside(target))
+        yield temps
+        for target, tmp in zip(targets, temps):
+            with naming(target), open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        with _signals_held():
+            for target, tmp in reversed(list(zip(targets, temps))):
+                os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (delivered after it), where the calling thread can block signals."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):  # a platform without pthread_sigmask
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ cell `grid/l<lambda>-b<beta>`. Its evaluation is `results/<dataset>/<run>/seed<k
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RAW_ROOT = Path("data/raw")
@@ -47,6 +48,16 @@ def processed_dir(dataset: str, root: Path = PROCESSED_ROOT) -> Path:
 def run_dir(dataset: str, run: str, seed: int, root: Path = MODELS_ROOT) -> Path:
     """The folder holding one training's checkpoints and log: models/<dataset>/<run>/seed<seed>."""
     return root / dataset / run / f"seed{seed}"
+
+
+def run_of_run_dir(checkpoint: Path) -> str | None:
+    """The run a checkpoint in a run folder (<root>/<dataset>/<run>/seed<k>/<file>) belongs to: its variant, or
+    grid/<cell> for a grid cell; None for a file outside that layout."""
+    seed_dir = Path(checkpoint).parent
+    if not re.fullmatch(r"seed\d+", seed_dir.name):
+        return None
+    run = seed_dir.parent
+    return f"grid/{run.name}" if run.parent.name == "grid" else run.name
 
 
 def grid_run(lam: float | str, beta: float | str) -> str:

@@ -210,8 +210,8 @@ def results_record(dataset: str, result: dict[str, Any], meta: dict[str, Any], c
 
 
 def write_results(path: Path, record: dict[str, Any], test_ranks: Optional[np.ndarray] = None) -> None:
-    """Write the results JSON, its .metrics.json and, if given, the per-user test ranks as .ranks.npy, together: all
-    three new, or (on any failure) all three as they were."""
+    """Write the results JSON, its .metrics.json and, if given, the per-user test ranks as .ranks.npy, together
+    (io.atomic_paths): a failure while writing any of them leaves all three as they were."""
     ranks = path.with_suffix(".ranks.npy")
     targets = [path, metrics_path(path)] + ([ranks] if test_ranks is not None else [])
     with atomic_paths(*targets) as temps:
