@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -471,8 +472,8 @@ def recommend(
     from mclrec.device import resolve_device
     from mclrec.vector_math import resolve_vector_math
     from mclrec.evaluation.evaluate import load_encoder
-    from mclrec.recommend import (DEFAULT_BUCKETS, Catalogue, read_users_file, recommend_sequence, recommend_users,
-                                  write_recommendations)
+    from mclrec.recommend import (DEFAULT_BUCKETS, Catalogue, iter_recommendations, read_users_file,
+                                  recommend_sequence, write_frame, write_recommendations)
 
     with user_errors():
         check_device_name(device)  # before any data or checkpoint is read
@@ -518,31 +519,32 @@ def recommend(
             err_console.print(f"{checkpoint}: item rows moved to our item ids by " + (
                 "the file's item_id_tokens" if how == "item_id_tokens" else f"--item-order {how}"))
         buckets = meta["config"].get("length_buckets") or DEFAULT_BUCKETS
-        if items is not None:
-            frame = recommend_sequence(encoder, data, catalogue, [x.strip() for x in items.split(",") if x.strip()],
-                                       k, dev, exclude_seen)
-        else:
-            if all_users:
-                ids = np.arange(1, data.n_users + 1)
+        if items is None and not all_users and skip_unknown:
+            names, places, unknown = catalogue.known_users(names, places)
+            if unknown:
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                err_console.print(f"skipped {len(unknown)} unknown user id(s): {', '.join(unknown[:5])}{more}",
+                                  soft_wrap=True)
+            if not names:
+                raise MclrecError("none of the users is in the processed dataset")
+        ids = np.arange(1, data.n_users + 1) if all_users else None if items is not None else \
+            catalogue.user_ids(names, places)
+        with Progress(disable=not (progress and all_users), transient=True, console=err_console) as bar:
+            task = bar.add_task("recommending", total=0 if ids is None else len(ids))
+            if items is not None:
+                chunks = iter([recommend_sequence(encoder, data, catalogue,
+                                                  [x.strip() for x in items.split(",") if x.strip()], k, dev,
+                                                  exclude_seen)])
+            else:  # chunk by chunk: the rows of all users are never held at once
+                chunks = iter_recommendations(encoder, data, catalogue, ids, k, dev, exclude_seen, buckets,
+                                              on_chunk=lambda n: bar.advance(task, n))
+            if output is None:
+                for number, frame in enumerate(chunks):
+                    write_frame(frame, sys.stdout, ".csv", header=number == 0)
             else:
-                if skip_unknown:
-                    names, places, unknown = catalogue.known_users(names, places)
-                    if unknown:
-                        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-                        err_console.print(f"skipped {len(unknown)} unknown user id(s): {', '.join(unknown[:5])}{more}",
-                                          soft_wrap=True)
-                    if not names:
-                        raise MclrecError("none of the users is in the processed dataset")
-                ids = catalogue.user_ids(names, places)
-            with Progress(disable=not (progress and all_users), transient=True, console=err_console) as bar:
-                task = bar.add_task("recommending", total=len(ids))
-                frame = recommend_users(encoder, data, catalogue, ids, k, dev, exclude_seen, buckets,
-                                        on_chunk=lambda n: bar.advance(task, n))
-        if output is None:
-            typer.echo(frame.to_csv(index=False), nl=False)
-        else:
-            write_recommendations(frame, output)
-            err_console.print(f"{output}: {frame['user'].nunique()} users x top {k}")
+                written = write_recommendations(chunks, output)
+        if output is not None:
+            err_console.print(f"{output}: {written['users']} users x top {k} ({written['rows']} rows)")
 
 
 export_app = typer.Typer(help="Export a processed split or a trained checkpoint to other tools.", no_args_is_help=True)

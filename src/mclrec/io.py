@@ -150,10 +150,13 @@ def dump_json(path: str | os.PathLike, obj: Any) -> None:
         fh.write("\n")
 
 
+PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "store_schema": True}  # reproducible bytes
+
+
 def write_parquet(path: str | os.PathLike, table: pa.Table) -> None:
     """Write a pyarrow table to Parquet atomically, with settings that make the bytes reproducible."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

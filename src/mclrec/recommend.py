@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import IO, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ import torch
 
 from mclrec.data.processed import ProcessedData
 from mclrec.errors import MclrecError
-from mclrec.io import atomic_open, write_parquet
+from mclrec.io import PARQUET_OPTIONS, atomic_path
 from mclrec.models.encoder import SASRecEncoder
 from mclrec.models.fast_encoding import encode
 
@@ -127,10 +127,19 @@ def top_k(encoder: SASRecEncoder, seq: np.ndarray, lengths: np.ndarray, k: int, 
 def recommend_users(encoder: SASRecEncoder, data: ProcessedData, catalogue: Catalogue, users: np.ndarray, k: int,
                     device: torch.device, exclude_seen: bool = False, length_buckets: Sequence[int] = DEFAULT_BUCKETS,
                     on_chunk: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
-    """Top-k for users (model ids 1..U) from their whole history, in memory-bounded chunks."""
+    """Top-k for users (model ids 1..U) from their whole history, as one frame (iter_recommendations' chunks)."""
+    return pd.concat(iter_recommendations(encoder, data, catalogue, users, k, device, exclude_seen, length_buckets,
+                                          on_chunk), ignore_index=True)
+
+
+def iter_recommendations(encoder: SASRecEncoder, data: ProcessedData, catalogue: Catalogue, users: np.ndarray,
+                         k: int, device: torch.device, exclude_seen: bool = False,
+                         length_buckets: Sequence[int] = DEFAULT_BUCKETS,
+                         on_chunk: Callable[[int], None] = lambda n: None) -> Iterator[pd.DataFrame]:
+    """Top-k for users (model ids 1..U) from their whole history, one frame per memory-bounded chunk of users (at
+    most CHUNK_ROWS, and SCORE_ELEMENTS scores), so that a writer need not hold every user's rows at once."""
     offsets, items = full_histories(data)
     chunk = max(1, min(CHUNK_ROWS, SCORE_ELEMENTS // data.n_items))
-    frames = []
     for start in range(0, len(users), chunk):
         rows = users[start:start + chunk] - 1
         seq, lengths = _last_window(offsets, items, rows, data.max_len)
@@ -141,9 +150,8 @@ def recommend_users(encoder: SASRecEncoder, data: ProcessedData, catalogue: Cata
             gather = np.repeat(offsets[rows] - seen_offsets[:-1], counts) + np.arange(seen_offsets[-1])
             seen = (seen_offsets, items[gather])
         ids, scores = top_k(encoder, seq, lengths, k, device, seen, length_buckets)
-        frames.append(_frame(catalogue.user_labels[rows], ids, scores, catalogue))
+        yield _frame(catalogue.user_labels[rows], ids, scores, catalogue)
         on_chunk(len(rows))
-    return pd.concat(frames, ignore_index=True)
 
 
 def recommend_sequence(encoder: SASRecEncoder, data: ProcessedData, catalogue: Catalogue, originals: Iterable[str],
@@ -169,14 +177,43 @@ def _frame(user_labels: np.ndarray, ids: np.ndarray, scores: np.ndarray, catalog
     return frame if allowed.all() else frame[allowed].reset_index(drop=True)
 
 
-def write_recommendations(frame: pd.DataFrame, path: Path) -> None:
-    """Write the recommendations as CSV, JSON lines or Parquet (by the file's suffix), atomically."""
+def write_recommendations(frames: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> dict[str, int]:
+    """Write the recommendations (one frame, or chunks of one as iter_recommendations yields them, written as they
+    come) as CSV, JSON lines or Parquet by the file's suffix, atomically; return the rows and distinct users."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        write_parquet(path, pa.Table.from_pandas(frame, preserve_index=False))
-        return
-    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        if path.suffix == ".jsonl":
-            frame.to_json(fh, orient="records", lines=True)
-        else:
-            frame.to_csv(fh, index=False)
+    chunks = [frames] if isinstance(frames, pd.DataFrame) else frames
+    counts = {"rows": 0, "users": 0}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            writer = None
+            try:
+                for frame in chunks:
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
+                    writer.write_table(table)
+                    _count(counts, frame)
+            finally:
+                if writer is not None:
+                    writer.close()
+            return counts
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            for number, frame in enumerate(chunks):
+                write_frame(frame, fh, path.suffix, header=number == 0)
+                _count(counts, frame)
+    return counts
+
+
+def write_frame(frame: pd.DataFrame, fh: IO[str], suffix: str, header: bool) -> None:
+    """One chunk of recommendations as JSON lines (`.jsonl`) or CSV (the header with the first chunk)."""
+    if suffix == ".jsonl":
+        if len(frame):
+            text = frame.to_json(orient="records", lines=True)
+            fh.write(text if text.endswith("\n") else text + "\n")  # pandas < 1.5 left the last line open
+    else:
+        frame.to_csv(fh, index=False, header=header)
+
+
+def _count(counts: dict[str, int], frame: pd.DataFrame) -> None:
+    counts["rows"] += len(frame)
+    counts["users"] += frame["user"].nunique()  # chunks hold distinct users unless a user was named twice
