@@ -268,6 +268,14 @@ def test_grid_cells_and_published_mclrec_checkpoints_are_filed_as_the_workflow_n
     assert "settings_beyond_params" not in json.loads(out.read_text()) and "note:" not in res.output
     res = _evaluate("-m", "grid/l0.5-b1.0", "--checkpoint", str(grid), "--data-dir", str(tiny_dir))
     assert res.exit_code == 0 and (tmp_path / "results" / "synthetic" / "grid" / "l0.5-b1.0.json").is_file()
+    res = _evaluate("-m", "mclrec", "--checkpoint", str(grid), "--data-dir", str(tiny_dir))  # filed as plain mclrec
+    assert res.exit_code == 1 and "a 'grid/l0.5-b1.0' run, which -m mclrec would file" in " ".join(res.output.split())
+    plain = tmp_path / "models" / "synthetic" / "mclrec" / "seed0" / "best.pt"
+    plain.parent.mkdir(parents=True)
+    plain.write_bytes(grid.read_bytes())
+    res = _evaluate("-m", "grid/l0.5-b1.0", "--checkpoint", str(plain), "--data-dir", str(tiny_dir))
+    assert res.exit_code == 1 and "a 'mclrec' run, which -m grid/l0.5-b1.0 would" in " ".join(res.output.split())
+    assert not (tmp_path / "results" / "synthetic" / "mclrec.json").exists()
 
     published = tmp_path / "models" / "published" / "pub-sasrec" / "best.pt"
     published.parent.mkdir(parents=True)

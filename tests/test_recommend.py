@@ -157,10 +157,18 @@ def test_cli_seed_names_the_run_and_threads_set_torchs(model, tiny_dir, tmp_path
     assert res.exit_code == 1 and "seed8" in res.output
 
 
-def test_cli_stdout_holds_only_the_csv_and_a_variant_must_exist(model, tiny_dir):
+def test_cli_stdout_holds_only_the_csv_and_a_variant_must_exist(model, tiny_dir, monkeypatch):
+    from rich.console import Console
+
+    import mclrec.cli
+
     run, _ = model
     res = _cli(run, tiny_dir, "--all-users", "--k", "1")  # the progress bar is on: it draws on stderr
     assert res.exit_code == 0 and res.stdout.splitlines()[0] == "user,rank,item,score"
+    monkeypatch.setattr(mclrec.cli, "err_console", Console(stderr=True, force_terminal=True))  # as in a terminal
+    res = _cli(run, tiny_dir, "--all-users", "--k", "1")  # rich must not route stdout through the bar's console
+    assert res.exit_code == 0 and res.stdout.splitlines()[0] == "user,rank,item,score"
+    assert len(res.stdout.splitlines()) == Catalogue.load(tiny_dir).user_labels.size + 1
     res = runner.invoke(app, ["recommend", "-d", "synthetic", "-m", "nosuch", "--all-users", "--data-dir",
                               str(tiny_dir), "--params", str(ROOT / "params.yaml")])
     assert res.exit_code == 1 and "variants.nosuch: no such variant" in " ".join(res.output.split())
@@ -208,3 +216,16 @@ def test_chunked_output_equals_one_chunk(model, tiny_dir, tmp_path, monkeypatch,
     assert len(whole) > 3 * 7 and list(whole.columns) == ["user", "rank", "item", "score"]
     # a user's scores may differ in the last float32 digit with the other users of its chunk (docs/models.md)
     pd.testing.assert_frame_equal(whole, chunked, check_exact=False, rtol=1e-5)
+
+
+def test_parquet_chunks_share_one_schema_even_when_one_is_empty(tmp_path):
+    from mclrec.recommend import write_recommendations
+
+    empty = pd.DataFrame({"user": pd.Series([], dtype=object), "rank": pd.Series([], dtype="int64"),
+                          "item": pd.Series([], dtype=object), "score": pd.Series([], dtype="float32")})
+    full = pd.DataFrame({"user": ["u1", "u1"], "rank": [1, 2], "item": ["a", "b"],
+                         "score": np.array([0.5, 0.25], dtype=np.float32)})
+    out = tmp_path / "recs.parquet"
+    assert write_recommendations(iter([empty, full, full]), out) == {"rows": 4, "users": 1}  # u1 named twice
+    back = pd.read_parquet(out)
+    assert back["item"].tolist() == ["a", "b", "a", "b"] and str(back["score"].dtype) == "float32"

@@ -431,3 +431,41 @@ def test_the_crc_check_passes_torch_files_written_without_crcs(tmp_path):
     assert checkpoint.damaged_record(tmp_path / "crc.pt") is not None
     (tmp_path / "legacy.pt").write_bytes(b"\x80\x02not a zip archive")
     assert checkpoint.damaged_record(tmp_path / "legacy.pt") is None
+
+
+SIGTERM_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from mclrec import io
+from mclrec.cli_common import exit_on_sigterm
+
+torch.set_num_threads(2)
+torch.ones(256, 256) @ torch.ones(256, 256)  # torch's worker threads exist: a process-wide signal may go to one
+exit_on_sigterm()
+folder = Path(sys.argv[1])
+replace = os.replace
+renamed = []
+
+def replace_then_term(src, dst):
+    replace(src, dst)
+    renamed.append(dst)
+    if len(renamed) == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+os.replace = replace_then_term
+with io.atomic_paths(folder / "r.json", folder / "r.metrics.json", folder / "r.ranks.npy") as temps:
+    for tmp in temps:
+        tmp.write_text("new")
+print("not reached: the deferred SIGTERM ends the process after the renames")
+"""
+
+
+def test_sigterm_between_the_renames_of_files_that_belong_together_waits_for_the_last(tmp_path):
+    for name in ("r.json", "r.metrics.json", "r.ranks.npy"):
+        (tmp_path / name).write_text("old")
+    done = subprocess.run([sys.executable, "-c", SIGTERM_BETWEEN_RENAMES, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM and "not reached" not in done.stdout, done.stderr
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {n: "new" for n in ("r.json", "r.metrics.json",
+                                                                                       "r.ranks.npy")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -365,13 +366,15 @@ def evaluate(
 
             item_labels = Catalogue.load(folder).item_labels
         _use_threads(threads)
-        run = None  # the run an mclrec checkpoint belongs to, for the check below and the settings note
+        run = None  # the run an mclrec checkpoint's results belong to, for the check below and the settings note
         if checkpoint_format == "mclrec" and published is None:
-            run = _run_of_checkpoint(ckpt, dataset, variant)
-            if checkpoint is not None and output is None and run_of(dataset, variant, 0).variant != run_of(
-                    dataset, run, 0).variant:
-                raise MclrecError(f"{checkpoint}: a '{run}' run, which -m {variant} would file as {variant}'s "
-                                  f"results ({paths.result_file(dataset, variant)}); give -m {run} or --output FILE")
+            own = _run_of_checkpoint(ckpt, dataset)
+            named = variant is not None and own(variant)
+            if (checkpoint is None or output is None) and not named:  # results filed under -m's name
+                raise MclrecError(f"{checkpoint}: a '{own.name}' run, which -m {variant} would file as {variant}'s "
+                                  f"results ({paths.result_file(dataset, variant)}); give -m {own.name} or --output "
+                                  "FILE")
+            run = variant if named else own.name
         record, ranks = evaluate_run(
             dataset, data, ckpt, checkpoint_format, device, batch_size or settings["batch_size"],
             tuple(settings["ks"]), ratios, settings["groups"] if groups is None else groups,
@@ -392,16 +395,35 @@ def evaluate(
         err_console.print(f"{dest}: test " + " ".join(f"{k}={test[k]:.4f}" for k in test if k.endswith(("@10", "@20"))))
 
 
-def _run_of_checkpoint(checkpoint: Path, dataset: str, variant: str | None) -> str:
-    """The run an mclrec checkpoint belongs to: a grid cell or variant named by its run folder
-    (models/<d>/<run>/seed<k>/), else -m's, when that is the variant it was trained as; else that variant."""
+@dataclass(frozen=True)
+class CheckpointRun:
+    """Which run an mclrec checkpoint is: `name`, the grid cell or variant its run folder (models/<d>/<run>/seed<k>/)
+    names when it was trained as that, else the variant it was trained as; a file outside a run folder can also be
+    named as any grid cell of that variant (the settings note then compares the cell's)."""
+
+    name: str
+    dataset: str
+    trained_as: str
+    in_run_folder: bool
+
+    def __call__(self, run: str) -> bool:
+        """Whether `run` (a variant or grid cell, as -m gives it) names this checkpoint's run."""
+        if self.in_run_folder:
+            return run == self.name
+        return run_of(self.dataset, run, 0).variant == self.trained_as
+
+
+def _run_of_checkpoint(checkpoint: Path, dataset: str) -> CheckpointRun:
+    """The run an mclrec checkpoint file belongs to (CheckpointRun)."""
     from mclrec.checkpoint import load_checkpoint
 
-    trained_as = load_checkpoint(checkpoint)["config"]["variant"]
-    for run in (paths.run_of_run_dir(checkpoint), variant):
-        if run is not None and run_of(dataset, run, 0).variant == trained_as:
-            return run
-    return trained_as
+    trained_as = load_checkpoint(checkpoint)["config"].get("variant")
+    if trained_as is None:
+        raise MclrecError(f"{checkpoint}: its settings name no variant (not a checkpoint `mclrec train` wrote?)")
+    folder = paths.run_of_run_dir(checkpoint)
+    if folder is not None and run_of(dataset, folder, 0).variant == trained_as:
+        return CheckpointRun(folder, dataset, trained_as, True)
+    return CheckpointRun(trained_as, dataset, trained_as, False)
 
 
 def _note_settings_beyond_params(record: dict, params: dict, dataset: str, run: str, checkpoint: Path) -> None:
@@ -529,7 +551,9 @@ def recommend(
                 raise MclrecError("none of the users is in the processed dataset")
         ids = np.arange(1, data.n_users + 1) if all_users else None if items is not None else \
             catalogue.user_ids(names, places)
-        with Progress(disable=not (progress and all_users), transient=True, console=err_console) as bar:
+        # rich would otherwise route sys.stdout through the bar's console (stderr) while it is live on a terminal
+        with Progress(disable=not (progress and all_users), transient=True, console=err_console,
+                      redirect_stdout=False, redirect_stderr=False) as bar:
             task = bar.add_task("recommending", total=0 if ids is None else len(ids))
             if items is not None:
                 chunks = iter([recommend_sequence(encoder, data, catalogue,

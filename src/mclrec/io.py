@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
 
@@ -79,7 +80,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     """Temp paths for files that belong together (a results JSON and its side files; wrap each write in `naming`).
 
     Every temp file is written and fsync'ed before any target is replaced; then they are renamed last to first (the
-    first path, by which the others are found, comes last) with SIGINT and SIGTERM held back, so a failure while
+    first path, by which the others are found, comes last) with SIGINT and SIGTERM deferred, so a failure while
     writing or syncing leaves every previous version, and only a crash of the machine between two renames could mix
     them. The temp files are removed on any failure.
     """
@@ -102,17 +103,24 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for the block (delivered after it), where the calling thread can block signals."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, OSError, ValueError):  # a platform without pthread_sigmask
-        previous = None
+    """Defer SIGINT and SIGTERM over the block: in the main thread, where Python runs signal handlers, their handlers
+    are swapped for ones that only note the signal, which is raised again after the block with the handlers back.
+    (Blocking the signals with pthread_sigmask would not do: the kernel hands a process-wide signal to another
+    thread, e.g. one of torch's, that does not block it.) Off the main thread nothing is needed: a handler never
+    interrupts another thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in held}
     try:
         yield
     finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: a handler set outside Python
+        for sig in dict.fromkeys(noted):
+            signal.raise_signal(sig)
 
 
 def _umask() -> int:

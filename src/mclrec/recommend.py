@@ -27,6 +27,9 @@ DEFAULT_BUCKETS = (8, 16, 32)  # exact (fast_encoding); used when the checkpoint
 SCORE_ELEMENTS = 1 << 26  # scores held at once: rows x items (256 MB of float32), for large catalogues
 CHUNK_ROWS = 1024  # users per chunk otherwise: smaller score blocks stay in cache (Beauty: 1.7x faster than 5,000)
 AD_HOC = "<sequence>"
+# every chunk's columns: an empty chunk (all seen items excluded) would otherwise infer other types
+RECOMMENDATIONS_SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int64()), ("item", pa.string()),
+                                    ("score", pa.float32())])
 
 
 @dataclass
@@ -182,26 +185,26 @@ def write_recommendations(frames: pd.DataFrame | Iterable[pd.DataFrame], path: P
     come) as CSV, JSON lines or Parquet by the file's suffix, atomically; return the rows and distinct users."""
     path = Path(path)
     chunks = [frames] if isinstance(frames, pd.DataFrame) else frames
-    counts = {"rows": 0, "users": 0}
+    counts, users = {"rows": 0}, set()
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             writer = None
             try:
                 for frame in chunks:
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    table = pa.Table.from_pandas(frame, schema=RECOMMENDATIONS_SCHEMA, preserve_index=False)
                     if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_OPTIONS)
+                        writer = pq.ParquetWriter(tmp, RECOMMENDATIONS_SCHEMA, **PARQUET_OPTIONS)
                     writer.write_table(table)
-                    _count(counts, frame)
+                    _count(counts, users, frame)
             finally:
                 if writer is not None:
                     writer.close()
-            return counts
+            return {**counts, "users": len(users)}
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             for number, frame in enumerate(chunks):
                 write_frame(frame, fh, path.suffix, header=number == 0)
-                _count(counts, frame)
-    return counts
+                _count(counts, users, frame)
+    return {**counts, "users": len(users)}
 
 
 def write_frame(frame: pd.DataFrame, fh: IO[str], suffix: str, header: bool) -> None:
@@ -214,6 +217,6 @@ def write_frame(frame: pd.DataFrame, fh: IO[str], suffix: str, header: bool) -> 
         frame.to_csv(fh, index=False, header=header)
 
 
-def _count(counts: dict[str, int], frame: pd.DataFrame) -> None:
+def _count(counts: dict[str, int], users: set, frame: pd.DataFrame) -> None:
     counts["rows"] += len(frame)
-    counts["users"] += frame["user"].nunique()  # chunks hold distinct users unless a user was named twice
+    users.update(frame["user"].unique())
