@@ -318,11 +318,16 @@ def test_the_mclrec_command_exits_through_its_clean_ups_on_sigterm(tmp_path):
     command = [sys.executable, "-m", "mclrec", "recommend", "-d", "synthetic", "-m", "sasrec", "--users-file",
                str(fifo), "--params", str(ROOT / "params.yaml")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # until the handler is in place (then the command blocks opening the FIFO)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the handler is in place (then the command blocks opening the FIFO)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never left blocked on the FIFO
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err
 
 
