@@ -432,8 +432,7 @@ def _note_settings_beyond_params(record: dict, params: dict, dataset: str, run: 
     changed. The results are the checkpoint's either way; this says which settings they belong to."""
     from mclrec.provenance import set_options, settings_beyond_params
 
-    device_type = "cuda" if str(record["environment"].get("device") or "cpu").startswith("cuda") else "cpu"
-    beyond = settings_beyond_params(record["config"], params, dataset, run, device_type)
+    beyond = settings_beyond_params(record["config"], params, dataset, run, record["environment"].get("device"))
     if beyond:
         record["settings_beyond_params"] = beyond
         err_console.print(f"note: {checkpoint} was trained with settings params.yaml does not give {dataset}/{run} "

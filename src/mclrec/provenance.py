@@ -18,9 +18,10 @@ DEVICE_TYPES = ("cpu", "cuda")
 
 
 def settings_beyond_params(trained: Mapping[str, Any], params: dict, dataset: str, run: str,
-                           device_type: str = "cpu") -> dict[str, Any] | None:
+                           device: str | None = "cpu") -> dict[str, Any] | None:
     """{setting: the value the run was trained with} for every setting in which it differs from what `params` (the
-    validated params.yaml) resolves now for `run` (a variant or a grid cell) on `dataset` on `device_type`; None when
+    validated params.yaml) resolves now for `run` (a variant or a grid cell) on `dataset` on the type of `device`
+    (as a run records it: "cpu", "cuda:0"; None: cpu); None when
     params.yaml no longer declares the dataset or the variant. Settings older checkpoints did not record take the
     values those runs used (checkpoint.LEGACY_SETTINGS). Where params.yaml says `auto`, what `auto` means on either
     device type counts as given (a run keeps its first device's value when resumed on the other)."""
@@ -31,7 +32,7 @@ def settings_beyond_params(trained: Mapping[str, Any], params: dict, dataset: st
         return None
     overrides = config.parse_overrides([f"{key}={value}" for key, value in job.sets])
     declared = RunConfig.of(config.resolve_run(params, dataset, job.variant, overrides))
-    now = declared.on_device(device_type).to_dict()
+    now = declared.on_device("cuda" if str(device or "cpu").startswith("cuda") else "cpu").to_dict()
     recorded = {**LEGACY_SETTINGS, **trained}
 
     def given(key: str) -> bool:

@@ -113,8 +113,8 @@ def settings_to_reproduce(record: dict[str, Any], summary: dict[str, Any], param
     no longer declares the dataset or variant."""
     from mclrec.provenance import set_options, settings_beyond_params
 
-    device_type = "cuda" if str(summary.get("device") or "cpu").startswith("cuda") else "cpu"
-    beyond = settings_beyond_params(record.get("config", {}), params, dataset, record.get("variant"), device_type)
+    beyond = settings_beyond_params(record.get("config", {}), params, dataset, record.get("variant"),
+                                    summary.get("device"))
     return "?" if beyond is None else set_options(beyond)
 
 
