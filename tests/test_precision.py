@@ -70,3 +70,74 @@ def test_bf16_on_a_cpu_without_bf16_products_warns(tiny, run_cfg, tmp_path, monk
         train(run_cfg("sasrec", max_epochs=1, precision="bf16"), tiny, tmp_path, progress=False)
     bf16 = [w for w in caught if "precision: bf16 on a CPU without AVX512-BF16 or AMX" in str(w.message)]
     assert len(bf16) == (1 if slow else 0)
+
+
+def _products(fn):
+    """Run fn() and return the (op, dtype, shapes) of every matrix product it dispatched, backward included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+    products = {"aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.bmm.out", "aten.matmul.out"}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) in products:
+                tensors = [a for a in args if isinstance(a, torch.Tensor)]
+                seen.append((str(func), tensors[-1].dtype, [tuple(t.shape) for t in tensors]))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("zero_row", [False, True])
+@pytest.mark.parametrize("n", [1, 127, 128, 300])
+def test_cpu_bf16_linear_is_autocasts_product_on_padded_rows(n, zero_row):
+    from mclrec.models.packed_encoding import CPU_BF16_ROW_MULTIPLE, linear, padded_linear
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 64, generator=g, requires_grad=True)
+    weight = torch.randn(192, 64, generator=g).mul_(0.1).requires_grad_()
+    bias = torch.randn(192, generator=g).requires_grad_()
+    grad = torch.randn(n, 192, generator=g)
+    grads = {}
+    for name in ("autocast", "padded"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if name == "autocast":
+                out = torch.nn.functional.linear(x, weight, bias)
+            else:
+                out = (padded_linear if zero_row else linear)(x, weight, bias)
+        assert out.dtype == torch.bfloat16
+        if name == "padded" and zero_row:
+            assert out.shape == (n + 1, 192) and not out[n].any()
+            out = out[:n]
+        grads[name] = (out.float(), *torch.autograd.grad(out, (x, weight, bias), grad.bfloat16()))
+    for ours, reference in zip(grads["padded"], grads["autocast"]):
+        assert ours.dtype == reference.dtype
+        torch.testing.assert_close(ours, reference, atol=0.02, rtol=0.02)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = (padded_linear if zero_row else linear)(x, weight, bias)
+        out.backward(torch.ones_like(out))
+    sizes = {size for _, _, shapes in _products(step) for shape in shapes for size in shape}
+    # oneDNN sees the weight's sizes, a ones row for the bias gradient, and rows padded to the multiple: never n
+    assert sizes - {1, 64, 192} and all(size % CPU_BF16_ROW_MULTIPLE == 0 for size in sizes - {1, 64, 192})
+
+
+def test_cpu_bf16_encoder_products_see_padded_rows_and_float32_attention(tiny, run_cfg):
+    from mclrec.models.packed_encoding import CPU_BF16_ROW_MULTIPLE
+
+    cfg = run_cfg("sasrec", precision="bf16", packed_tokens=True, length_buckets=[8, 16])
+    encoder = build_parts(cfg, tiny.n_items).encoder.train()
+    view = _views(tiny.n_items)
+    products = _products(lambda: encode_views(cfg, encoder, view)[0].sum().backward())
+    bf16 = [shapes for op, dtype, shapes in products if dtype == torch.bfloat16]
+    batched = [(op, dtype) for op, dtype, shapes in products if "bmm" in op or "matmul" in op]
+    assert bf16 and batched
+    # the token-row products (queries, keys, values, dense, feed-forward) see padded row counts; the read-out's
+    # query product has the batch's 64 rows
+    sizes = {size for shapes in bf16 for shape in shapes for size in shape} - {1, 64, 192, 256}
+    assert sizes and all(size % CPU_BF16_ROW_MULTIPLE == 0 for size in sizes)
+    assert all(dtype == torch.float32 for _, dtype in batched)  # attention in float32

@@ -12,6 +12,10 @@ one autograd node whose backward fills one gradient tensor (grouped_attention.py
 slots' outputs back into token order. As in encode_last, the final block computes queries,
 attention and feed-forward for the read-out position only.
 
+With `precision: bf16` on the CPU the token products (queries, keys, values, dense, feed-forward) run in bfloat16 on
+row counts rounded up to a multiple of CPU_BF16_ROW_MULTIPLE (oneDNN then reuses one kernel per shape instead of
+building one per batch) and attention in float32 as one node (_grouped).
+
 With dropout 0 the result is SASRecEncoder.forward's up to float rounding (tests/test_packed_encoding.py); with
 dropout every kept/dropped draw has the law of nn.Dropout, on other draws. One corner differs, as it does with
 length buckets: a read-out whose every item was masked has no visible key, so its softmax spreads over all slots
@@ -228,9 +232,70 @@ class _PaddedLinear(Function):
         return grad_x, grad_weight, grad_bias
 
 
+# bfloat16 products on the CPU run on oneDNN, which builds (JIT-compiles) a kernel for every new shape and caches
+# it: 1-3 ms per product at the packed encoder's shapes, several times the product itself, and the packed token count
+# changes with every batch. Rounded up to a multiple of this, the row counts repeat and the kernels are reused.
+CPU_BF16_ROW_MULTIPLE = 128
+
+
+def cpu_bf16(x: Tensor) -> bool:
+    """Whether products of `x` run in bfloat16 on the CPU (`precision: bf16`: autocast to bfloat16)."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def _rows_bf16(x: Tensor, rows: int) -> Tensor:
+    """x [n, k] as bfloat16 [rows, k], rows n.. zero: the cast and the padding in one pass."""
+    out = x.new_empty(rows, x.shape[1], dtype=torch.bfloat16)
+    out[: len(x)].copy_(x)
+    out[len(x):].zero_()
+    return out
+
+
+class _CpuBf16Linear(Function):
+    """F.linear(x, weight, bias) in bfloat16, as autocast computes it (bfloat16 inputs and output, float32
+    accumulation), with the product's rows padded to a multiple of CPU_BF16_ROW_MULTIPLE so that oneDNN reuses its
+    kernels; `zero_row` appends one zero row to the output (padded_linear). The padding rows' outputs are never
+    read, so their gradient is zero and the gradients are autocast's up to the products' rounding."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, zero_row: bool) -> Tensor:
+        n = len(x)
+        rows = -(-(n + zero_row) // CPU_BF16_ROW_MULTIPLE) * CPU_BF16_ROW_MULTIPLE
+        xb, wb = _rows_bf16(x, rows), weight.to(torch.bfloat16)
+        out = torch.addmm(bias.to(torch.bfloat16), xb, wb.t())
+        if zero_row:
+            out[n].zero_()
+        ctx.save_for_backward(xb, wb)
+        ctx.n, ctx.dtypes = n, (x.dtype, weight.dtype, bias.dtype)
+        return out[: n + zero_row]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xb, wb = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        grad = grad[: ctx.n]  # a zero row is a constant
+        gb = _rows_bf16(grad, len(xb))
+        grad_x = gb.mm(wb)[: ctx.n].to(x_dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = gb.t().mm(xb).to(w_dtype) if ctx.needs_input_grad[1] else None
+        # the bias gradient as a product with a ones row: a column sum of bfloat16 rows is ten times slower here
+        grad_bias = (gb.new_ones(1, len(gb)).mm(gb)[0].to(b_dtype) if ctx.needs_input_grad[2] else None)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """F.linear(x, weight, bias) of packed tokens x [T, in]; under CPU bfloat16 autocast with its rows padded
+    (_CpuBf16Linear)."""
+    if cpu_bf16(x):
+        return _CpuBf16Linear.apply(x, weight, bias, False)
+    return F.linear(x, weight, bias)
+
+
 def padded_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """F.linear(x, weight, bias) with one zero row appended, [len(x) + 1, out_features]. Under autocast it is
+    """F.linear(x, weight, bias) with one zero row appended, [len(x) + 1, out_features]. Under CUDA autocast it is
     F.pad of F.linear (an `out=` product would skip autocast's casts)."""
+    if cpu_bf16(x):
+        return _CpuBf16Linear.apply(x, weight, bias, True)
     if torch.is_autocast_enabled(x.device.type):
         return F.pad(F.linear(x, weight, bias), (0, 0, 0, 1))
     return _PaddedLinear.apply(x, weight, bias)
@@ -248,10 +313,20 @@ def _attend(attn: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Ten
 
 def _one_node(attn: MultiHeadAttention, x: Tensor) -> bool:
     """Whether the groups' attention runs as one autograd node (grouped_attention: the math kernel, with dropout
-    masks it can draw); else group by group through autograd (the sdpa kernel, dropout on CUDA, or autocast, which
-    casts the products' inputs where the node's `out=` products would not)."""
+    masks it can draw; under CPU bf16 in float32, _grouped); else group by group through autograd (the sdpa kernel,
+    dropout on CUDA, or CUDA autocast, which casts the products' inputs where the node's `out=` products would not)."""
     return (not uses_sdpa(attn.attention, x) and can_draw_dropout(attn.attn_dropout, x)
-            and not torch.is_autocast_enabled(x.device.type))
+            and (cpu_bf16(x) or not torch.is_autocast_enabled(x.device.type)))
+
+
+def _grouped(slots: Tensor, queries: Tensor | None, shapes: list[GroupShape], attn: MultiHeadAttention) -> Tensor:
+    """grouped_attention of the gathered `slots`; under CPU bf16 in float32 with autocast off: its products are small
+    and of a new shape in every group of every batch (a kernel build each in bfloat16), and softmax wants float32."""
+    if not cpu_bf16(slots):
+        return grouped_attention(slots, queries, shapes, attn.n_heads, attn.attn_dropout)
+    with torch.autocast("cpu", enabled=False):
+        return grouped_attention(slots.float(), None if queries is None else queries.float(), shapes, attn.n_heads,
+                                 attn.attn_dropout)
 
 
 def _group_inputs(attn: MultiHeadAttention, slots: Tensor, packing: Packing, layout: HeadLayout,
@@ -271,7 +346,7 @@ def _all_tokens_attention(attn: MultiHeadAttention, x: Tensor, packing: Packing,
     slots = _head_slots(x, weight, bias, attn.head_size, layout.qkv)
     if _one_node(attn, x):
         shapes = [GroupShape(group.size, group.width, group.width, group.mask) for group in packing.groups]
-        outputs = grouped_attention(slots, None, shapes, attn.n_heads, attn.attn_dropout)
+        outputs = _grouped(slots, None, shapes, attn)
     else:
         outputs = torch.cat([_attend(attn, q, k, v, group.mask).view(-1, attn.head_size) for group, (q, k, v)
                              in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 3))])
@@ -287,8 +362,7 @@ def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing
     queries = attn.query(xq).index_select(0, packing.row_order)
     if _one_node(attn, x):
         shapes = [GroupShape(group.size, group.width, 1, group.last_mask) for group in packing.groups]
-        outputs = grouped_attention(slots, queries.view(-1, attn.head_size), shapes, attn.n_heads,
-                                    attn.attn_dropout).view(len(xq), -1)
+        outputs = _grouped(slots, queries.view(-1, attn.head_size), shapes, attn).view(len(xq), -1)
     else:
         outputs = []
         for group, (k, v), query in zip(packing.groups, _group_inputs(attn, slots, packing, layout, 2),
@@ -307,8 +381,10 @@ def _block(layer: TransformerLayer, x: Tensor, packing: Packing, layout: HeadLay
         context = _read_out_attention(attn, x, xq, packing, layout)
     else:
         xq, context = x, _all_tokens_attention(attn, x, packing, layout)
-    h = attn.LayerNorm(attn.out_dropout(attn.dense(context)) + xq)
-    return layer.feed_forward(h)
+    h = attn.LayerNorm(attn.out_dropout(linear(context, attn.dense.weight, attn.dense.bias)) + xq)
+    ff = layer.feed_forward  # FeedForward.forward, its products through `linear`
+    inner = F.gelu(linear(h, ff.dense_1.weight, ff.dense_1.bias))
+    return ff.LayerNorm(ff.dropout(linear(inner, ff.dense_2.weight, ff.dense_2.bias)) + h)
 
 
 @dataclass(frozen=True)
