@@ -154,3 +154,22 @@ def test_reference_table_adds_mean_and_sd_over_seeds_where_a_variant_has_several
     assert "| mclrec, seeds 0, 1, 2 | proposed | 0.1243 | 0.1180 ± 0.0020 | −5.1% | 0.0539 | 0.0520 ± 0.0010 | −3.5% " \
            "| 41/30/– | 2.0 |" in md
     assert md.index("| mclrec | proposed |") < md.index("| mclrec, seeds")
+
+
+def test_results_trained_beyond_params_are_marked_with_their_options():
+    from mclrec.report.aggregate import aggregate_record
+
+    single = {**INDEX[("beauty", "cl4srec")], "settings_beyond_params": {"lr": 0.0005, "length_buckets": []}}
+    seeds = [{"dataset": "beauty", "variant": "duorec", "seed": k, "config": {"seed": k},
+              "metrics": {"test": {"HR@20": 0.11 + k / 100, "NDCG@20": 0.05}},
+              **({"settings_beyond_params": {"dropout_draws": "uniform"}} if k == 1 else {})} for k in (0, 1)]
+    index = {**INDEX, ("beauty", "cl4srec"): single, ("beauty", "duorec"): aggregate_record(seeds, ["a", "b"])}
+    md, df = table3(index, ["beauty"], metrics=METRICS)
+    assert line(md, "cl4srec †").startswith("| cl4srec † | same protocol |")
+    assert line(md, "duorec †") and line(md, "mclrec")  # unmarked: nothing recorded
+    assert "† cl4srec: trained with settings params.yaml does not give this run now" in md
+    assert "`--set lr=0.0005 --set length_buckets=[]`" in md
+    assert "† duorec: " in md and "`seed 1: --set dropout_draws=uniform`" in md
+    cl4srec = df[df["row"] == "cl4srec"]["settings_beyond_params"]
+    assert set(cl4srec) == {"--set lr=0.0005 --set length_buckets=[]"}
+    assert set(df[df["row"] == "mclrec"]["settings_beyond_params"]) == {""}

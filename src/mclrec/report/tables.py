@@ -23,7 +23,9 @@ TABLE4_METRICS = ("HR@20", "NDCG@20")
 TARGET = "mclrec"
 IMPROVEMENT_ROW = "mclrec vs best same-protocol baseline"
 COLUMNS = ("row", "kind", "dataset", "metric", "published", "ours_mean", "ours_std", "n_seeds", "rel_diff",
-           "best_baseline", "improvement", "improvement_published", "wilcoxon_p", "ttest_p", "n_users")
+           "best_baseline", "improvement", "improvement_published", "wilcoxon_p", "ttest_p", "n_users",
+           "settings_beyond_params")
+BEYOND_MARK = "†"
 NAN = float("nan")
 
 
@@ -33,6 +35,19 @@ def ours(record: Mapping[str, Any] | None, metric: str, split: str = "test") -> 
         return NAN, NAN, 0
     std = record.get("metrics_std", {}).get(split, {}).get(metric, 0.0)
     return float(record["metrics"][split][metric]), float(std), int(record.get("n_seeds", 1))
+
+
+def beyond_params(record: Mapping[str, Any] | None) -> str:
+    """The `--set` options a result's training had beyond what params.yaml gives its run now (as `mclrec evaluate`
+    recorded them: settings_beyond_params, per seed in an aggregate), "" when none were recorded."""
+    from mclrec.provenance import set_options
+
+    if not record:
+        return ""
+    if record.get("settings_beyond_params"):
+        return set_options(record["settings_beyond_params"])
+    by_seed = record.get("settings_beyond_params_by_seed") or {}
+    return "; ".join(f"seed {seed}: {set_options(settings)}" for seed, settings in by_seed.items())
 
 
 def rel_diff(value: float | None, reference: float | None) -> float:
@@ -54,10 +69,12 @@ def comparison_rows(index: ResultsIndex, datasets: Sequence[str], variants: Sequ
     for variant in variants:
         for dataset in datasets:
             for metric in metrics:
-                mean, std, n = ours(index.get((dataset, variant)), metric)
+                record = index.get((dataset, variant))
+                mean, std, n = ours(record, metric)
                 pub = _pub(dataset, variant, metric)
                 rows.append({"row": variant, "kind": kind(variant), "dataset": dataset, "metric": metric, "published": pub, "ours_mean": mean,
-                             "ours_std": std, "n_seeds": n, "rel_diff": rel_diff(mean, pub)})
+                             "ours_std": std, "n_seeds": n, "rel_diff": rel_diff(mean, pub),
+                             "settings_beyond_params": beyond_params(record)})
     return rows
 
 
@@ -122,15 +139,21 @@ def to_markdown(df: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str
         compared = _has_published(sub)
         header = lead_header + ([f"{m} {col}" for m in metrics for col in ("paper", "ours", "Δ")] if compared
                                 else list(metrics))
-        lines = []
+        lines, beyond = [], {}
         for label in dict.fromkeys(sub["row"]):
             records = sub[sub["row"] == label].to_dict("records")
             by_metric = {r["metric"]: r for r in records}
-            lead = [label] + ([records[0]["kind"]] if with_kind else [])
+            settings = records[0].get("settings_beyond_params")
+            if isinstance(settings, str) and settings:
+                beyond[label] = settings
+            lead = [f"{label} {BEYOND_MARK}" if label in beyond else label] + ([records[0]["kind"]] if with_kind else [])
             cells = [_cells(by_metric[m]) for m in metrics]
             lines.append(lead + [c for trio in cells for c in (trio if compared else trio[1:2])])
         note = "" if compared else "The paper has no numbers for this dataset: ours only.\n\n"
-        blocks.append(f"**{dataset}**\n\n{note}" + markdown_grid(header, lines))
+        footnote = "".join(f"\n\n{BEYOND_MARK} {label}: trained with settings params.yaml does not give this run now "
+                           f"(its results JSON records them; `mclrec train` with `{settings}` retrains it as it was)"
+                           for label, settings in beyond.items())
+        blocks.append(f"**{dataset}**\n\n{note}" + markdown_grid(header, lines) + footnote)
     return "\n\n".join(blocks) + "\n"
 
 
