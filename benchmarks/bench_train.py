@@ -15,7 +15,8 @@ and end); the floor is the epoch time at that rate. A shared or virtual machine'
 minutes, so every round of the timing also times one such product, and the share of the in-run rate divides by
 the median of those: the rate under the same conditions as the steps. When a run uses `precision: bf16` the
 bfloat16 product rate is measured too (same way, at a smaller size where bfloat16 products are slow), FLOPs are
-counted by the products' dtype, and those rows' floor is their bfloat16 products at the bf16 rate plus the rest at
+counted by the products' dtype (without the zero rows that CPU bf16 pads its token products with so that oneDNN
+reuses its kernels: the model's products), and those rows' floor is their bfloat16 products at the bf16 rate plus the rest at
 fp32's; "share of bf16 peak" is that floor over the measured step. Evaluation times `rank_all` over every test
 user once.
 `--naive` turns the exact speed-ups off (params.NAIVE_PATH) for every variant. `--compare KEY=VALUE` (repeatable)
@@ -45,6 +46,7 @@ from mclrec.config import NAIVE_PATH, load_params, parse_overrides, run_config
 from mclrec.data.processed import ProcessedData, load_processed
 from mclrec.environment import cpu_flags as environment_cpu_flags, cpu_model
 from mclrec.evaluation import ranking
+from mclrec.models import packed_encoding
 from mclrec.evaluation.ranking import rank_all
 from mclrec.paths import processed_dir
 from mclrec.run_config import RunConfig
@@ -154,9 +156,14 @@ class VariantRun:
         """Mean matrix-product FLOPs of one train_step (forward and backward), counted by FlopCounterMode, by the
         products' dtype (`precision: bf16`: the encoder's products are bfloat16, L_rec's and the scores float32)."""
         counter = FlopsByDtype()
-        with counter:
-            for _ in range(batches):
-                train_step(self.cfg, self.parts, self.optimisers, self.next_batch(), self.generator)
+        padding = packed_encoding.CPU_BF16_ROW_MULTIPLE
+        packed_encoding.CPU_BF16_ROW_MULTIPLE = 1  # the model's products, not the rows CPU bf16 pads them to
+        try:
+            with counter:
+                for _ in range(batches):
+                    train_step(self.cfg, self.parts, self.optimisers, self.next_batch(), self.generator)
+        finally:
+            packed_encoding.CPU_BF16_ROW_MULTIPLE = padding
         if not counter.by_dtype:  # a FlopCounterMode without the hook: every product counted as float32
             return {torch.float32: counter.get_total_flops() / batches}
         return {dtype: flops / batches for dtype, flops in counter.by_dtype.items()}
