@@ -164,5 +164,5 @@ def test_padded_linear_is_pad_of_linear_bit_for_bit(needs):
     assert torch.equal(results[0][0][-1], torch.zeros(12))
     for ours, plain in zip(*results):
         assert (ours is None and plain is None) or torch.equal(ours, plain)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: F.pad of F.linear, which it casts
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU bf16: the padded product (tests/test_precision.py)
         assert padded_linear(x0, w0, b0).dtype == torch.bfloat16

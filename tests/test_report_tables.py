@@ -167,9 +167,10 @@ def test_results_trained_beyond_params_are_marked_with_their_options():
     md, df = table3(index, ["beauty"], metrics=METRICS)
     assert line(md, "cl4srec †").startswith("| cl4srec † | same protocol |")
     assert line(md, "duorec †") and line(md, "mclrec")  # unmarked: nothing recorded
-    assert "† cl4srec: trained with settings params.yaml does not give this run now" in md
-    assert "`--set lr=0.0005 --set length_buckets=[]`" in md
-    assert "† duorec: " in md and "`seed 1: --set dropout_draws=uniform`" in md
+    assert "† cl4srec: trained with settings that params.yaml did not give this run when it was evaluated" in md
+    assert "as it was with `--set lr=0.0005 --set length_buckets=[]`" in md
+    assert "† duorec: " in md and "as it was with seed 1: `--set dropout_draws=uniform`" in md
     cl4srec = df[df["row"] == "cl4srec"]["settings_beyond_params"]
     assert set(cl4srec) == {"--set lr=0.0005 --set length_buckets=[]"}
     assert set(df[df["row"] == "mclrec"]["settings_beyond_params"]) == {""}
+    assert set(df[df["row"] == IMPROVEMENT_ROW]["settings_beyond_params"]) == {""}

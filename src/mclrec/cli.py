@@ -430,7 +430,8 @@ def _note_settings_beyond_params(record: dict, params: dict, dataset: str, run: 
     """Record (`settings_beyond_params`) and say on stderr where a checkpoint was trained with settings params.yaml
     does not give its run now: a hand run with --set on the workflow's paths, or a run from before a default
     changed. The results are the checkpoint's either way; this says which settings they belong to."""
-    from mclrec.provenance import set_options, settings_beyond_params
+    from mclrec.provenance import settings_beyond_params
+    from mclrec.run_options import set_options
 
     beyond = settings_beyond_params(record["config"], params, dataset, run, record["environment"].get("device"))
     if beyond:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
-
-import yaml
 
 from mclrec import config
 from mclrec.checkpoint import LEGACY_SETTINGS, RETIRED_SETTINGS
@@ -42,13 +39,3 @@ def settings_beyond_params(trained: Mapping[str, Any], params: dict, dataset: st
 
     return {key: recorded[key] for key in sorted(now) if key not in NOT_COMPARED and key in recorded and not given(key)}
 
-
-def set_options(settings: Mapping[str, Any]) -> str:
-    """`--set key=value ...` for these settings, each value as --set reads it (YAML; a plain string bare)."""
-    return " ".join(f"--set {key}={_option_value(value)}" for key, value in settings.items())
-
-
-def _option_value(value: Any) -> str:
-    if isinstance(value, str) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value, separators=(",", ":"))

@@ -12,7 +12,7 @@ one autograd node whose backward fills one gradient tensor (grouped_attention.py
 slots' outputs back into token order. As in encode_last, the final block computes queries,
 attention and feed-forward for the read-out position only.
 
-With `precision: bf16` on the CPU the token products (queries, keys, values, dense, feed-forward) run in bfloat16 on
+With `precision: bf16` on the CPU the linear layers (queries, keys, values, dense, feed-forward) run in bfloat16 on
 row counts rounded up to a multiple of CPU_BF16_ROW_MULTIPLE (oneDNN then reuses one kernel per shape instead of
 building one per batch) and attention in float32 as one node (_grouped).
 
@@ -359,7 +359,7 @@ def _read_out_attention(attn: MultiHeadAttention, x: Tensor, xq: Tensor, packing
     weight = torch.cat([attn.key.weight, attn.value.weight])
     bias = torch.cat([attn.key.bias, attn.value.bias])
     slots = _head_slots(x, weight, bias, attn.head_size, layout.kv)
-    queries = attn.query(xq).index_select(0, packing.row_order)
+    queries = linear(xq, attn.query.weight, attn.query.bias).index_select(0, packing.row_order)
     if _one_node(attn, x):
         shapes = [GroupShape(group.size, group.width, 1, group.last_mask) for group in packing.groups]
         outputs = _grouped(slots, queries.view(-1, attn.head_size), shapes, attn).view(len(xq), -1)

@@ -111,7 +111,8 @@ def settings_to_reproduce(record: dict[str, Any], summary: dict[str, Any], param
     """The `--set key=value` options under which today's params.yaml resolves the run's dataset and variant to the
     settings it was trained with (provenance.settings_beyond_params), "" when none are needed, "?" when params.yaml
     no longer declares the dataset or variant."""
-    from mclrec.provenance import set_options, settings_beyond_params
+    from mclrec.provenance import settings_beyond_params
+    from mclrec.run_options import set_options
 
     beyond = settings_beyond_params(record.get("config", {}), params, dataset, record.get("variant"),
                                     summary.get("device"))

@@ -12,6 +12,7 @@ from mclrec.io import atomic_open
 from mclrec.report.formatting import MISSING, fmt_mean_std, fmt_p, fmt_pct, fmt_value, is_missing, markdown_grid
 from mclrec.report.published import SAME_PROTOCOL, kind, published
 from mclrec.report.significance import paired_test
+from mclrec.run_options import set_options
 
 ResultsIndex = Mapping[tuple[str, str], Mapping[str, Any] | None]
 RanksIndex = Mapping[tuple[str, str], np.ndarray | None]
@@ -40,14 +41,21 @@ def ours(record: Mapping[str, Any] | None, metric: str, split: str = "test") -> 
 def beyond_params(record: Mapping[str, Any] | None) -> str:
     """The `--set` options a result's training had beyond what params.yaml gives its run now (as `mclrec evaluate`
     recorded them: settings_beyond_params, per seed in an aggregate), "" when none were recorded."""
-    from mclrec.provenance import set_options
-
     if not record:
         return ""
     if record.get("settings_beyond_params"):
         return set_options(record["settings_beyond_params"])
     by_seed = record.get("settings_beyond_params_by_seed") or {}
     return "; ".join(f"seed {seed}: {set_options(settings)}" for seed, settings in by_seed.items())
+
+
+def _quoted_options(settings: str) -> str:
+    """beyond_params' text with each seed's options as code: "`--set a=1`" or "seed 1: `--set a=1`; seed 2: ..."."""
+    parts = []
+    for part in settings.split("; "):
+        seed, sep, options = part.partition(": ") if part.startswith("seed ") else ("", "", part)
+        parts.append(f"{seed}{sep}`{options}`")
+    return "; ".join(parts)
 
 
 def rel_diff(value: float | None, reference: float | None) -> float:
@@ -98,7 +106,7 @@ def improvement_row(index: ResultsIndex, ranks: RanksIndex, dataset: str, metric
     row = {"row": IMPROVEMENT_ROW, "kind": "", "dataset": dataset, "metric": metric, "best_baseline": best,
            "improvement": rel_diff(target, ours(index.get((dataset, best)), metric)[0]) if best else NAN,
            "improvement_published": rel_diff(_pub(dataset, TARGET, metric), _pub(dataset, pub_best, metric)) if pub_best else NAN,
-           "wilcoxon_p": NAN, "ttest_p": NAN, "n_users": NAN}
+           "wilcoxon_p": NAN, "ttest_p": NAN, "n_users": NAN, "settings_beyond_params": ""}
     ranks_a, ranks_b = ranks.get((dataset, TARGET)), ranks.get((dataset, best)) if best else None
     if ranks_a is not None and ranks_b is not None and not is_missing(target):
         name, k = _split_metric(metric)
@@ -150,9 +158,9 @@ def to_markdown(df: pd.DataFrame, datasets: Sequence[str], metrics: Sequence[str
             cells = [_cells(by_metric[m]) for m in metrics]
             lines.append(lead + [c for trio in cells for c in (trio if compared else trio[1:2])])
         note = "" if compared else "The paper has no numbers for this dataset: ours only.\n\n"
-        footnote = "".join(f"\n\n{BEYOND_MARK} {label}: trained with settings params.yaml does not give this run now "
-                           f"(its results JSON records them; `mclrec train` with `{settings}` retrains it as it was)"
-                           for label, settings in beyond.items())
+        footnote = "".join(f"\n\n{BEYOND_MARK} {label}: trained with settings that params.yaml did not give this run "
+                           f"when it was evaluated (its results JSON records them); `mclrec train` retrains it as it "
+                           f"was with {_quoted_options(settings)}" for label, settings in beyond.items())
         blocks.append(f"**{dataset}**\n\n{note}" + markdown_grid(header, lines) + footnote)
     return "\n\n".join(blocks) + "\n"
 

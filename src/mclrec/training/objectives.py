@@ -134,7 +134,8 @@ def _no_rows(encoder: SASRecEncoder) -> Tensor:
 
 def reduced_precision(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """`precision: bf16`: autocast the encoder's matrix products to bfloat16 (autocast keeps softmax, LayerNorm and
-    the losses computed from the float32 read-out in float32); fp32: nothing to enter on the training step."""
+    the losses computed from the float32 read-out in float32; the packed CPU encoder keeps attention in float32);
+    fp32: nothing to enter on the training step."""
     if cfg.precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
