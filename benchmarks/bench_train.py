@@ -71,7 +71,7 @@ def sync(device: torch.device) -> None:
 def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 10,
                   dtype: torch.dtype = torch.float32) -> float:
     """size x size products of `dtype` after one warm-up: the fastest of `repeats`, in GFLOP/s (the machine's peak
-    for that dtype; bfloat16 products are what `precision: bf16` runs the encoder's products as)."""
+    for that dtype; bfloat16 products are what `precision: bf16` runs the encoder's linear layers as)."""
     gen = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
     torch.mm(a, b)
@@ -154,7 +154,8 @@ class VariantRun:
 
     def flops_by_dtype(self, batches: int) -> dict[torch.dtype, float]:
         """Mean matrix-product FLOPs of one train_step (forward and backward), counted by FlopCounterMode, by the
-        products' dtype (`precision: bf16`: the encoder's products are bfloat16, L_rec's and the scores float32)."""
+        products' dtype (`precision: bf16`: the encoder's linear layers are bfloat16, L_rec's products and the scores
+        float32)."""
         counter = FlopsByDtype()
         padding = packed_encoding.CPU_BF16_ROW_MULTIPLE
         packed_encoding.CPU_BF16_ROW_MULTIPLE = 1  # the model's products, not the rows CPU bf16 pads them to

@@ -284,8 +284,8 @@ class _CpuBf16Linear(Function):
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """F.linear(x, weight, bias) of packed tokens x [T, in]; under CPU bfloat16 autocast with its rows padded
-    (_CpuBf16Linear)."""
+    """F.linear(x, weight, bias) of rows x [n, in] (tokens or read-outs); under CPU bfloat16 autocast with its rows
+    padded (_CpuBf16Linear)."""
     if cpu_bf16(x):
         return _CpuBf16Linear.apply(x, weight, bias, False)
     return F.linear(x, weight, bias)

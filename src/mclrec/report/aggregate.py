@@ -109,7 +109,7 @@ def aggregate_record(records: Sequence[Mapping[str, Any]], paths: Sequence[str |
         "runs": [str(p) for p in paths],
     }
     beyond = {str(r.get("seed")): r["settings_beyond_params"] for r in records if r.get("settings_beyond_params")}
-    if beyond:  # per seed: which seeds were trained with settings params.yaml does not give the run now
+    if beyond:  # per seed: which seeds were trained with settings params.yaml did not give the run at evaluation
         doc["settings_beyond_params_by_seed"] = beyond
     for key in ("noise", "groups"):
         if all(key in r for r in records):

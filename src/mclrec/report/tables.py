@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -51,11 +52,10 @@ def beyond_params(record: Mapping[str, Any] | None) -> str:
 
 def _quoted_options(settings: str) -> str:
     """beyond_params' text with each seed's options as code: "`--set a=1`" or "seed 1: `--set a=1`; seed 2: ..."."""
-    parts = []
-    for part in settings.split("; "):
-        seed, sep, options = part.partition(": ") if part.startswith("seed ") else ("", "", part)
-        parts.append(f"{seed}{sep}`{options}`")
-    return "; ".join(parts)
+    if not settings.startswith("seed "):
+        return f"`{settings}`"
+    parts = re.split(r"; (?=seed \S+: --set )", settings)  # beyond_params' joins, not a "; " inside a value
+    return "; ".join(f"{seed}: `{options}`" for seed, options in (part.split(": ", 1) for part in parts))
 
 
 def rel_diff(value: float | None, reference: float | None) -> float:
