@@ -13,6 +13,7 @@ trm_encoder.layer.{i}.feed_forward.*. No buffers are registered, so the state di
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from mclrec.models.cpu_products import times_transposed
 from mclrec.models.dropout import Dropout
 
+LinearProduct = Callable[[Tensor, Tensor, Tensor], Tensor]  # F.linear(x, weight, bias) or a stand-in for it
 MASK_VALUE = -10000.0  # additive attention score for disallowed (future or padding) keys
 ATTENTION_KERNELS = ("auto", "math", "sdpa")
 
@@ -76,7 +78,12 @@ class MultiHeadAttention(nn.Module):
         xq = x if x_query is None else x_query
         q, k, v = self.split_heads(self.query(xq)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
         context = attend(q, k, v, attention_mask, self.attn_dropout, self.attention).transpose(1, 2).reshape(xq.shape)
-        return self.LayerNorm(self.out_dropout(self.dense(context)) + xq)
+        return self.output(context, xq)
+
+    def output(self, context: Tensor, x_query: Tensor, linear: LinearProduct = F.linear) -> Tensor:
+        """LayerNorm(dropout(dense(context)) + x_query); `linear` computes dense (the packed CPU bf16 encoder pads its
+        rows)."""
+        return self.LayerNorm(self.out_dropout(linear(context, self.dense.weight, self.dense.bias)) + x_query)
 
 
 class FeedForward(nn.Module):
@@ -89,8 +96,10 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(hidden_dropout)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.dense_2(F.gelu(self.dense_1(x)))  # GELU in its exact erf form
+    def forward(self, x: Tensor, linear: LinearProduct = F.linear) -> Tensor:
+        """`linear` computes dense_1 and dense_2 (the packed CPU bf16 encoder pads their rows)."""
+        inner = F.gelu(linear(x, self.dense_1.weight, self.dense_1.bias))  # GELU in its exact erf form
+        h = linear(inner, self.dense_2.weight, self.dense_2.bias)
         return self.LayerNorm(self.dropout(h) + x)
 
 

@@ -381,10 +381,7 @@ def _block(layer: TransformerLayer, x: Tensor, packing: Packing, layout: HeadLay
         context = _read_out_attention(attn, x, xq, packing, layout)
     else:
         xq, context = x, _all_tokens_attention(attn, x, packing, layout)
-    h = attn.LayerNorm(attn.out_dropout(linear(context, attn.dense.weight, attn.dense.bias)) + xq)
-    ff = layer.feed_forward  # FeedForward.forward, its products through `linear`
-    inner = F.gelu(linear(h, ff.dense_1.weight, ff.dense_1.bias))
-    return ff.LayerNorm(ff.dropout(linear(inner, ff.dense_2.weight, ff.dense_2.bias)) + h)
+    return layer.feed_forward(attn.output(context, xq, linear), linear)
 
 
 @dataclass(frozen=True)
