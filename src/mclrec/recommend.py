@@ -188,17 +188,10 @@ def write_recommendations(frames: pd.DataFrame | Iterable[pd.DataFrame], path: P
     counts, users = {"rows": 0}, set()
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
-            writer = None
-            try:
+            with pq.ParquetWriter(tmp, RECOMMENDATIONS_SCHEMA, **PARQUET_OPTIONS) as writer:
                 for frame in chunks:
-                    table = pa.Table.from_pandas(frame, schema=RECOMMENDATIONS_SCHEMA, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, RECOMMENDATIONS_SCHEMA, **PARQUET_OPTIONS)
-                    writer.write_table(table)
+                    writer.write_table(pa.Table.from_pandas(frame, schema=RECOMMENDATIONS_SCHEMA, preserve_index=False))
                     _count(counts, users, frame)
-            finally:
-                if writer is not None:
-                    writer.close()
             return {**counts, "users": len(users)}
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             for number, frame in enumerate(chunks):
